@@ -1,0 +1,52 @@
+"""cascaded_lift: JAX/Flax reimplementation of Cascaded Dimension-Lifting (Zhang, Zhan, Chang, AAAI 2021).
+
+The top-level datasets/ folder (one TFDS builder per subfolder) installs as the subpackage
+`cascaded_lift.datasets`, so it never shadows the unrelated `datasets` package.
+"""
+
+import os
+
+from setuptools import find_packages, setup
+
+_dataset_packages = (["cascaded_lift.datasets"] + ["cascaded_lift.datasets." + p for p in find_packages("datasets")]
+                     if os.path.isdir("datasets") else [])
+
+setup(
+    name="cascaded_lift",
+    version="0.1.0",
+    description="Monocular 3D human pose estimation by cascaded dimension-lifting, in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["cascaded_lift", "cascaded_lift.*"]) + _dataset_packages,
+    package_dir={"cascaded_lift.datasets": "datasets"} if _dataset_packages else {},
+    package_data={"cascaded_lift.datasets": ["*/dummy_data/**/*", "*/README.md", "*/*.txt"]},
+    include_package_data=True,
+    install_requires=[
+        "jax",
+        "flax",
+        "optax",
+        "orbax-checkpoint",
+        "tensorflow-datasets",
+        "array-record",
+        "importlib_resources",  # TFDS imports it without declaring it when TensorFlow is absent.
+        "grain",
+        "numpy",
+        "opencv-python-headless",
+        "ml-collections",
+        "chex",
+        "absl-py",
+        "tensorboardX",  # TensorBoard event files without TensorFlow.
+        "matplotlib",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist"],
+        "torch": ["torch"],
+    },
+    entry_points={
+        "console_scripts": [
+            "cascaded-lift-build=cascaded_lift.datasets.build:main",
+        ],
+    },
+)
