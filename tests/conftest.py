@@ -2,8 +2,13 @@
 
 import os
 import pathlib
+import sys
 
 import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # configs/ is imported as a package from the repository root
+  sys.path.insert(0, str(REPO_ROOT))
 
 # Tests see one CPU device unless a test asks for more in a subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

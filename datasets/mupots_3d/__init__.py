@@ -1,0 +1,1 @@
+"""MuPoTS-3D TFDS builder (3DMPPE release layout, manual download); see README.md."""
