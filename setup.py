@@ -39,6 +39,7 @@ setup(
         "tensorboardX",  # TensorBoard event files without TensorFlow.
         "matplotlib",
         "safetensors",
+        "flatbuffers",  # jax.export serialization (cascaded_lift.export)
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],
@@ -47,6 +48,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cascaded-lift-build=cascaded_lift.datasets.build:main",
+            "cascaded-lift-predict=cascaded_lift.predict_cli:main",
         ],
     },
 )

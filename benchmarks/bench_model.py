@@ -1,0 +1,404 @@
+"""Training-step, inference and flip-test evaluation throughput of CascadedLiftNet against PyTorch.
+
+The PyTorch contender is tests/torch_spec_model.py (SpecNet: the layer spec the parity tests use),
+built with the same configuration and the same weights (converted with cascaded_lift.convert), fed the
+same batch, image size, thread count and precision. PyTorch runs eagerly at its fastest memory format
+on this machine: with --torch-format auto (default) both contiguous NCHW and channels_last take turns
+in the timing and the faster one (by median) is the baseline; both are in the JSON line.
+
+Modes (--modes, comma-separated):
+  train  forward (BatchNorm batch statistics) + backward + Adam(lr 1e-3) update, on the loss
+         L = sum over {bone_heatmaps, joint_heatmaps, depth_volume, ordinal_logits, joint_volumes} of
+         mean(x^2) + mean|coords| + mean|pose_3d| (every output against zeros, the same in both).
+         JAX: one jitted step, state donated. PyTorch: zero_grad, forward, backward, Adam (fused when
+         available). PyTorch's lifter input is not detached (ours is: DESIGN.md), so its backward also
+         runs through the lifter's first layer into the soft-argmax - a negligible extra for PyTorch.
+  infer  forward with running statistics, all outputs returned (torch.inference_mode()).
+  flip   flip-test evaluation: forward on the batch and on its mirror, averaged (heatmaps.flip_test).
+Each mode interleaves JAX and PyTorch calls (A B A B ...), --warmup rounds then --repeats timed
+rounds, and reports medians; throughput = batch / median seconds.
+
+FLOPs per image: XLA's cost analysis of the compiled JAX programs (jax.jit(f).lower(...).compile()
+.cost_analysis()['flops'], divided by the batch), next to an analytic count of the convolutions,
+transposed convolutions and dense layers (2 x multiply-adds, from forward hooks on the PyTorch model).
+
+Usage (prints a table, then one line starting with "JSON "):
+  python benchmarks/bench_model.py                       # full model, 256 px, batch 8, float32
+  python benchmarks/bench_model.py --model tiny --size 64 --batch 2 --repeats 2   # seconds
+  python benchmarks/bench_model.py --dtype bfloat16 --modes infer
+Options: --model tiny|full --batch N --size S --dtype float32|bfloat16 --modes train,infer,flip
+  --warmup N --repeats N --threads N --deconv four_phase|depth_to_space|conv_transpose
+  --torch-format auto|contiguous|channels_last --no-torch --torch-compile -v
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import importlib.util
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from cascaded_lift import convert  # noqa: E402
+from cascaded_lift import heatmaps  # noqa: E402
+from cascaded_lift import skeleton as sk  # noqa: E402
+from cascaded_lift.models import CascadedLiftNet  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MAP_KEYS = ("bone_heatmaps", "joint_heatmaps", "depth_volume", "ordinal_logits", "joint_volumes")
+# A narrow variant for quick runs (the test suite's TINY): ResNet-50 blocks, one per stage, width 8.
+TINY = dict(num_joints=18, num_bones=16, depth_bins=8, resnet_depth=50, resnet_width=8,
+            resnet_stage_sizes=(1, 1, 1, 1), head_width=32, bone_width=16, lifter_width=64, lifter_blocks=2)
+_SPEC_KEYS = ("num_joints", "num_bones", "depth_bins", "root_index", "resnet_depth", "resnet_width",
+              "resnet_stage_sizes", "head_width", "bone_width", "num_deconvs", "context_bottlenecks",
+              "joint_bottlenecks", "depth_bottlenecks", "volumetric_bottlenecks", "aspp_dilations", "lifter_width",
+              "lifter_blocks", "lifter_layers_per_block")
+
+
+def model_config(name: str) -> dict[str, Any]:
+  """CascadedLiftNet keyword arguments of the 'full' (released, the defaults) or 'tiny' model."""
+  defaults = {f.name: f.default for f in dataclasses.fields(CascadedLiftNet) if f.name in _SPEC_KEYS}
+  if name == "full":
+    return defaults
+  if name == "tiny":
+    return {**defaults, **TINY}
+  raise ValueError(f"--model must be tiny or full, got {name!r}")
+
+
+def load_spec_module():
+  """tests/torch_spec_model.py, imported by path (the tests folder is no package)."""
+  path = REPO / "tests" / "torch_spec_model.py"
+  spec = importlib.util.spec_from_file_location("torch_spec_model", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def inputs(batch: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Random images (B, S, S, 3) float32 on the 0..255 scale and boxes (B, 4) [x0, y0, w, h]."""
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32)
+  boxes = np.stack([rng.uniform(0, 100, batch), rng.uniform(0, 100, batch), rng.uniform(150, 300, batch),
+                    rng.uniform(150, 300, batch)], -1).astype(np.float32)
+  return images, boxes
+
+
+def build_torch(cfg: dict[str, Any], seed: int = 0):
+  """The PyTorch SpecNet with the spec's random weights (its randomize_)."""
+  spec = load_spec_module()
+  net = spec.SpecNet(**cfg)
+  spec.randomize_(net, seed=seed)
+  return net
+
+
+def jax_variables(model: CascadedLiftNet, net, size: int) -> dict[str, Any]:
+  """The torch net's weights as CascadedLiftNet variables (no model.init: it compiles slowly)."""
+  template = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, size, size, 3)), jnp.ones((1, 4)), train=False),
+                            jax.random.key(0))
+  state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+  variables, report = convert.import_torch_state_dict(state, template)
+  if report["kept"]:
+    raise RuntimeError(f"weights not converted for {report['kept']}")
+  return jax.tree_util.tree_map(jnp.asarray, {"params": variables["params"],
+                                              "batch_stats": variables["batch_stats"]})
+
+
+def bench_loss(out: dict[str, Any], xp=jnp) -> Any:
+  """The benchmark's loss, in float32: see the module docstring. xp is jnp (JAX) or None (torch)."""
+  if xp is None:  # torch tensors
+    loss = sum(out[k].float().square().mean() for k in MAP_KEYS)
+    return loss + out["coords"].float().abs().mean() + out["pose_3d"].float().abs().mean()
+  loss = sum(jnp.mean(jnp.square(out[k].astype(jnp.float32))) for k in MAP_KEYS)
+  return loss + jnp.mean(jnp.abs(out["coords"])) + jnp.mean(jnp.abs(out["pose_3d"]))
+
+
+# ----------------------------------------------------------------------------- JAX contenders
+
+def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.ndarray, boxes: np.ndarray,
+                 modes: list[str]) -> dict[str, dict[str, Any]]:
+  """Compiled JAX programs per mode: {'run': blocking callable, 'compile_s', 'flops', 'memory'}."""
+  images, boxes = jnp.asarray(images), jnp.asarray(boxes)
+  tx = optax.adam(1e-3)
+  programs = {}
+
+  def describe(compiled) -> tuple[float | None, dict[str, int] | None]:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost["flops"]) if cost and "flops" in cost else None
+    mem = None
+    try:
+      m = compiled.memory_analysis()
+      mem = {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                             "temp_size_in_bytes", "alias_size_in_bytes")}
+    except Exception:  # pylint: disable=broad-except  # not every backend reports it
+      pass
+    return flops, mem
+
+  if "train" in modes:
+
+    def loss_fn(params, batch_stats, im, bx):
+      out, updates = model.apply({"params": params, "batch_stats": batch_stats}, im, bx, train=True,
+                                 mutable=["batch_stats"])
+      return bench_loss(out), updates["batch_stats"]
+
+    def train_step(state, im, bx):
+      params, batch_stats, opt_state = state
+      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, im, bx)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    # Train on copies: the step donates its state, and inference keeps using `variables`.
+    params, batch_stats = jax.tree_util.tree_map(jnp.copy, (variables["params"], variables["batch_stats"]))
+    state = [(params, batch_stats, tx.init(params))]
+    t0 = time.perf_counter()
+    step = jax.jit(train_step, donate_argnums=(0,)).lower(state[0], images, boxes).compile()
+    compile_s = time.perf_counter() - t0
+
+    def run_train():
+      state[0], loss = step(state[0], images, boxes)
+      jax.block_until_ready((state[0], loss))
+
+    programs["train"] = {"run": run_train, "compile_s": compile_s, **dict(zip(("flops", "memory"),
+                                                                            describe(step)))}
+
+  def forward(v, im, bx):
+    return model.apply(v, im, bx, train=False)
+
+  if "infer" in modes:
+    t0 = time.perf_counter()
+    fwd = jax.jit(forward).lower(variables, images, boxes).compile()
+    compile_s = time.perf_counter() - t0
+    programs["infer"] = {"run": lambda: jax.block_until_ready(fwd(variables, images, boxes)),
+                         "compile_s": compile_s, "fn": lambda: fwd(variables, images, boxes),
+                         **dict(zip(("flops", "memory"), describe(fwd)))}
+
+  if "flip" in modes:
+
+    def flip(v, im, bx):
+      return heatmaps.flip_test(functools.partial(forward, v), im, bx, sk.H36M)
+
+    t0 = time.perf_counter()
+    fl = jax.jit(flip).lower(variables, images, boxes).compile()
+    compile_s = time.perf_counter() - t0
+    programs["flip"] = {"run": lambda: jax.block_until_ready(fl(variables, images, boxes)),
+                        "compile_s": compile_s, **dict(zip(("flops", "memory"), describe(fl)))}
+  return programs
+
+
+# ----------------------------------------------------------------------------- PyTorch contenders
+
+def torch_programs(net, images: np.ndarray, boxes: np.ndarray, modes: list[str], *, dtype: str, fmt: str,
+                   compile_model: bool = False) -> dict[str, Callable[[], Any]]:
+  """Blocking callables per mode for the PyTorch model in memory format fmt ('contiguous' | 'channels_last')."""
+  import torch  # pylint: disable=g-import-not-at-top
+  memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+  # A private copy: contenders in different formats must not convert each other's weights.
+  net = copy.deepcopy(net).to(memory_format=memory_format)
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=memory_format)
+  bx = torch.from_numpy(boxes)
+  perm = torch.as_tensor(sk.H36M.flip_permutation)
+  model = torch.compile(net) if compile_model else net
+  autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else (
+      lambda: torch.autocast("cpu", enabled=False))
+  try:
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True)
+  except (RuntimeError, TypeError, ValueError):
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+  programs = {}
+
+  def train():
+    net.train()
+    opt.zero_grad(set_to_none=True)
+    with autocast():
+      out = model(x, bx)
+      loss = bench_loss(out, xp=None)
+    loss.backward()
+    opt.step()
+    return loss
+
+  def infer():
+    net.eval()
+    with torch.inference_mode(), autocast():
+      return model(x, bx)
+
+  def flip():
+    net.eval()
+    with torch.inference_mode(), autocast():
+      out, fout = model(x, bx), model(x.flip(3), bx)
+      s, w = images.shape[2], out["joint_heatmaps"].shape[3]
+      fc = fout["coords"].float()[:, perm].clone()
+      fc[..., 0] = (s - 1) * w / s - fc[..., 0]
+      fp = fout["pose_3d"].float()[:, perm].clone()
+      fp[..., 0] *= -1
+      return (out["coords"].float() + fc) / 2, (out["pose_3d"].float() + fp) / 2
+
+  for name, fn in (("train", train), ("infer", infer), ("flip", flip)):
+    if name in modes:
+      programs[name] = fn
+  return programs
+
+
+def analytic_flops(net, size: int) -> dict[str, float]:
+  """2 x multiply-adds per image of Conv2d / ConvTranspose2d / Linear layers in one forward pass."""
+  import torch  # pylint: disable=g-import-not-at-top
+  totals = {"conv": 0.0, "deconv": 0.0, "linear": 0.0}
+
+  def hook(module, inp, out):
+    if isinstance(module, torch.nn.ConvTranspose2d):
+      # Every input pixel meets every kernel tap: H_in W_in kh kw C_in C_out / groups.
+      h, w = inp[0].shape[2:]
+      totals["deconv"] += 2.0 * h * w * module.weight.numel() / module.groups
+    elif isinstance(module, torch.nn.Conv2d):
+      h, w = out.shape[2:]
+      totals["conv"] += 2.0 * h * w * module.weight.numel()
+    elif isinstance(module, torch.nn.Linear):
+      totals["linear"] += 2.0 * module.weight.numel()
+
+  handles = [m.register_forward_hook(hook) for m in net.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear))]
+  net.eval()
+  with torch.inference_mode():
+    net(torch.zeros(1, 3, size, size), torch.tensor([[0.0, 0.0, 200.0, 200.0]]))
+  for h in handles:
+    h.remove()
+  totals["total"] = sum(totals.values())
+  return totals
+
+
+# ----------------------------------------------------------------------------- main
+
+def relative_error(got: Any, want: Any) -> float:
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  p.add_argument("--model", default="full", choices=("tiny", "full"))
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--size", type=int, default=256)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--modes", default="train,infer,flip")
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
+  p.add_argument("--deconv", default="four_phase", choices=("four_phase", "depth_to_space", "conv_transpose"))
+  p.add_argument("--torch-format", default="auto", choices=("auto", "contiguous", "channels_last"))
+  p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model (slow start)")
+  p.add_argument("--no-torch", action="store_true", help="time JAX alone")
+  p.add_argument("-v", "--verbose", action="store_true")
+  args = p.parse_args(argv)
+  args.modes = [m for m in args.modes.split(",") if m]
+  bad = set(args.modes) - {"train", "infer", "flip"}
+  if bad:
+    p.error(f"unknown mode(s) {sorted(bad)}; choose from train, infer, flip")
+  return args
+
+
+def main(argv=None) -> dict[str, Any]:
+  args = parse_args(argv)
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.threads)
+  # XLA:CPU runs with denormals flushed to zero; give PyTorch the same (its fastest) setting.
+  torch.set_flush_denormal(True)
+  log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
+  load_before = common.load_average()
+
+  cfg = model_config(args.model)
+  dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+  model = CascadedLiftNet(**cfg, deconv_formulation=args.deconv, dtype=dtype)
+  images, boxes = inputs(args.batch, args.size)
+  net = build_torch(cfg)
+  variables = jax_variables(model, net, args.size)
+  flops_analytic = analytic_flops(net, args.size)
+  modes = [m for m in ("infer", "flip", "train") if m in args.modes]  # train last: it changes the weights
+
+  programs = jax_programs(model, variables, images, boxes, modes)
+  record: dict[str, Any] = {
+      "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
+      "dtype": args.dtype, "deconv": args.deconv, "threads": args.threads, "warmup": args.warmup,
+      "repeats": args.repeats, "torch_compile": args.torch_compile,
+      "loss": "sum_k mean(out_k^2) for k in bone/joint heatmaps, depth volume, ordinal logits, joint volumes"
+              " + mean|coords| + mean|pose_3d|; Adam lr 1e-3",
+      "flops_per_image": {
+          "method": "XLA cost_analysis of the compiled JAX programs / batch; analytic = 2 x MACs of "
+                    "conv/deconv/linear layers (forward)",
+          "analytic_forward": flops_analytic,
+          **{f"xla_{m}": (programs[m]["flops"] / args.batch if programs[m]["flops"] else None) for m in programs}},
+      "jax_compile_s": {m: programs[m]["compile_s"] for m in programs},
+      "jax_xla_buffers_bytes": {m: programs[m]["memory"] for m in programs},
+  }
+
+  # Same weights, same inputs: the float32 inference outputs agree (a check that both run one model).
+  if "infer" in programs and not args.no_torch:
+    out = programs["infer"]["fn"]()
+    ref = torch_programs(net, images, boxes, ["infer"], dtype=args.dtype, fmt="contiguous")["infer"]()
+    record["parity_rel_error"] = {
+        k: relative_error(out[k], ref[k].float().numpy().transpose(0, 2, 3, 1) if ref[k].ndim == 4 and
+                          k != "joint_volumes" else ref[k].float().numpy())
+        for k in ("joint_heatmaps", "coords", "pose_3d")}
+
+  results, formats = {}, {}
+  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  for mode in modes:
+    contenders = {"jax": programs[mode]["run"]}
+    if not args.no_torch:
+      # Both PyTorch memory formats take turns with JAX (A B C A B C ...); the faster one is the baseline.
+      for f in torch_formats:
+        contenders["torch_" + f] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=f,
+                                                  compile_model=args.torch_compile)[mode]
+    if log:
+      log(f"{mode}: timing {list(contenders)}")
+    results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
+    if not args.no_torch:
+      formats[mode] = min(torch_formats, key=lambda f: results[mode]["torch_" + f]["median_s"])
+      results[mode]["torch"] = results[mode]["torch_" + formats[mode]]
+
+  rows = []
+  for mode in modes:
+    r = results[mode]
+    jax_ips = args.batch / r["jax"]["median_s"]
+    row = [mode, r["jax"]["median_s"], jax_ips]
+    if "torch" in r:
+      torch_ips = args.batch / r["torch"]["median_s"]
+      r["ratio_jax_over_torch"] = jax_ips / torch_ips
+      row += [r["torch"]["median_s"], torch_ips, r["ratio_jax_over_torch"], formats[mode]]
+    else:
+      row += ["-", "-", "-", "-"]
+    for k in r:
+      if isinstance(r[k], dict):
+        r[k]["images_per_s"] = args.batch / r[k]["median_s"]
+    rows.append(row)
+
+  record.update(results=results, torch_format=formats,
+                loadavg_before=load_before, loadavg_after=common.load_average(), machine=common.machine_info())
+  fl = record["flops_per_image"]
+  print(f"CascadedLiftNet ({args.model}) vs PyTorch SpecNet: batch {args.batch}, {args.size} px, {args.dtype}, "
+        f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} interleaved runs")
+  print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cpus), load avg "
+        f"{load_before} -> {record['loadavg_after']}; {record['machine']['versions']}")
+  print(f"FLOPs/image (forward): analytic {flops_analytic['total'] / 1e9:.2f} G"
+        + "".join(f", XLA {m} {fl['xla_' + m] / 1e9:.2f} G" for m in programs if fl.get("xla_" + m)))
+  if "parity_rel_error" in record:
+    print("float32 parity (relative error, JAX vs PyTorch inference): "
+          + ", ".join(f"{k} {v:.1e}" for k, v in record["parity_rel_error"].items()))
+  print(common.table(["mode", "jax s/step", "jax img/s", "torch s/step", "torch img/s", "jax/torch",
+                      "torch format"], rows))
+  common.print_json(record)
+  return record
+
+
+if __name__ == "__main__":
+  main()

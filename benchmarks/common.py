@@ -1,0 +1,122 @@
+"""Shared helpers of the benchmarks: machine and version report, interleaved timing, the JSON line.
+
+Every benchmark prints a human-readable table and then exactly one line that starts with "JSON " and
+holds everything (machine, versions, settings, timings), so that results can be collected with
+`grep '^JSON ' | cut -c6-`.
+
+Timing on a shared machine: run the contenders in turns (A B A B ...) so that a burst of load from
+another process hits both, report medians, and record the load average before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.lower().startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+  """1, 5 and 15 minute load averages, or None where the OS has none."""
+  try:
+    return [round(x, 2) for x in os.getloadavg()]
+  except OSError:
+    return None
+
+
+def machine_info() -> dict[str, Any]:
+  """Machine, OS, Python and library versions, JAX devices and the relevant environment variables."""
+  info: dict[str, Any] = {
+      "cpu": cpu_model(),
+      "cpu_count": os.cpu_count(),
+      "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+      "platform": platform.platform(),
+      "python": sys.version.split()[0],
+      "loadavg": load_average(),
+      "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OMP_NUM_THREADS", "JAX_PLATFORMS") if k in os.environ},
+  }
+  try:
+    with open("/proc/meminfo", encoding="utf-8") as f:
+      info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+  except (OSError, ValueError, IndexError):
+    pass
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "optax", "numpy", "torch"):
+    module = sys.modules.get(name)
+    if module is not None:
+      versions[name] = getattr(module, "__version__", "?")
+  info["versions"] = versions
+  if "jax" in sys.modules:
+    jax = sys.modules["jax"]
+    info["jax_backend"] = jax.default_backend()
+    info["jax_devices"] = [str(d.device_kind) for d in jax.devices()]
+  if "torch" in sys.modules:
+    torch = sys.modules["torch"]
+    info["torch_threads"] = torch.get_num_threads()
+    info["torch_cuda"] = bool(torch.cuda.is_available())
+  return info
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+  """Seconds one call of fn takes; fn must block until its work is done."""
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def interleaved(contenders: Mapping[str, Callable[[], Any]], *, warmup: int, repeats: int,
+                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+  """Times each blocking callable in turns: warmup rounds (first one = compile), then repeats rounds.
+
+  Returns per contender: first_s (the first call, which includes compilation), times_s (timed calls),
+  median_s and min_s.
+  """
+  out: dict[str, dict[str, Any]] = {k: {"first_s": None, "times_s": []} for k in contenders}
+  for r in range(warmup + repeats):
+    for name, fn in contenders.items():
+      dt = time_call(fn)
+      if r == 0:
+        out[name]["first_s"] = dt
+      if r >= warmup:
+        out[name]["times_s"].append(dt)
+      if log is not None:
+        log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {dt:.3f} s")
+  for v in out.values():
+    v["median_s"] = statistics.median(v["times_s"]) if v["times_s"] else None
+    v["min_s"] = min(v["times_s"]) if v["times_s"] else None
+  return out
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A plain-text table with right-aligned columns (floats to 3 significant digits)."""
+
+  def fmt(x: Any) -> str:
+    if isinstance(x, float):
+      return f"{x:.3g}" if abs(x) < 1e4 else f"{x:.4g}"
+    return str(x)
+
+  cells = [[fmt(c) for c in header]] + [[fmt(c) for c in r] for r in rows]
+  widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+  lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
+
+
+def print_json(record: Mapping[str, Any]) -> None:
+  """Prints the machine-readable line: 'JSON ' + one line of JSON."""
+  print("JSON " + json.dumps(record, default=str, separators=(",", ":")), flush=True)

@@ -1,0 +1,35 @@
+"""A tiny config for tests: seconds per run on one CPU core, synthetic 'small' data (64x64 frames).
+
+  python train.py --config configs/tiny.py --workdir /tmp/cascaded_lift_tiny
+"""
+
+import ml_collections
+
+from configs import synthetic
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = synthetic.get_config()
+  c.model = ml_collections.ConfigDict(dict(
+      resnet_depth=18, resnet_width=8, head_width=16, bone_width=8, lifter_width=32, lifter_blocks=1,
+      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="four_phase",
+      volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1, depth_bottlenecks=1))
+  c.data.train_3d.config = "small"
+  c.data.eval.config = "small"
+  c.data.image_size = 32
+  c.data.output_size = 8
+  c.data.depth_bins = 8
+  c.data.read_threads = 0
+  c.stage1.batch_size = 8
+  c.stage1.num_steps = 4
+  c.stage1.decay_epochs = (0.5,)
+  c.stage2.batch_size = 8
+  c.stage2.num_steps = 2
+  c.stage2.decay_epochs = (0.5,)
+  c.checkpoint.every_steps = 2
+  c.checkpoint.async_save = False
+  c.log_every_steps = 1
+  c.progress_bar = False
+  c.eval.batch_size = 8
+  c.eval.num_plot_examples = 2
+  return c
