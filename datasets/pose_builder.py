@@ -27,7 +27,7 @@ MuPoTS-3D build on it):
       return {"train": self._generate_examples(root, [1, 5, 6, 7, 8]), ...}
 
     def _generate_examples(self, root, subjects):
-      skips = pose_builder.SkipCounter(self.name)
+      skips = self.skip_counter("train")   # counts land in self.skipped["train"]
       for ...:
         yield key, self.make_example(key, image=jpeg_bytes, bbox=..., joints_img=..., joints_vis=...,
                                      joints_cam=..., focal=..., principal=..., image_id=..., ...)
@@ -47,7 +47,9 @@ Images must be yielded as encoded JPEG bytes (TFDS cannot encode arrays without 
 the file's bytes when it already is a JPEG, or use :func:`encode_jpeg`. Files are array_record only.
 :meth:`PoseDatasetBuilder.make_example` validates every field and raises :class:`RecordError` naming
 the record and field; records a dataset is known to hold broken copies of are skipped with a
-:class:`SkipCounter` (counted and logged) instead.
+:class:`SkipCounter` (counted and logged; :meth:`PoseDatasetBuilder.skip_counter` keeps the counts in
+``builder.skipped[split]``) instead. Reading the manual_dir (required files, JSON fields, COCO-style
+tables, JPEG frames) is datasets/manual_io.py's job.
 
 Builders are NOT put in TFDS's global registry (names such as "coco" clash with TFDS's own
 catalogue); look them up with cascaded_lift.datasets.get_builder_class(name) / get_builder(...),
@@ -163,6 +165,17 @@ class PoseDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     # TFDS guesses the builder folder (README.md, checksums) from the module name, which misses
     # here because datasets/ installs under another name (setup.py's package_dir); use the file.
     cls.pkg_dir_path = epath.Path(inspect.getfile(cls)).parent
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    # {split: Counter(reason -> records skipped)}, filled while generating (read by tests and logs).
+    self.skipped: dict[str, collections.Counter[str]] = {}
+
+  def skip_counter(self, split: str) -> SkipCounter:
+    """A SkipCounter for `split` whose counts are kept in self.skipped[split]."""
+    skips = SkipCounter(self.name, split)
+    self.skipped[split] = skips.counts
+    return skips
 
   @property
   def skeleton(self) -> skeleton_lib.Skeleton:

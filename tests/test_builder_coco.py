@@ -16,7 +16,7 @@ from cascaded_lift import datasets
 from cascaded_lift import skeleton
 from cascaded_lift.datasets import build
 from cascaded_lift.datasets import pose_builder
-from cascaded_lift.datasets.coco import sources
+from cascaded_lift.datasets import manual_io as sources
 
 DUMMY = pathlib.Path(datasets.__file__).resolve().parent / "coco" / "dummy_data"
 

@@ -17,7 +17,6 @@ Configs: '2017' (train2017 -> split 'train', val2017 -> split 'validation'; defa
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import pathlib
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ import tensorflow_datasets as tfds
 
 from cascaded_lift import skeleton
 from cascaded_lift.datasets import pose_builder
-from cascaded_lift.datasets.coco import sources
+from cascaded_lift.datasets import manual_io
 
 NUM_COCO_KEYPOINTS = 17
 _SPLIT_PARTS = {"train": "train", "validation": "val"}  # split name -> COCO's file-name part
@@ -109,9 +108,9 @@ Then: cascaded-lift-build coco --manual_dir <manual_dir> --data_dir ~/tensorflow
 
   def __init__(self, **kwargs: Any):
     super().__init__(**kwargs)
-    # Filled while generating, per split: records skipped by reason and joints hidden (off-frame).
-    self.skipped: dict[str, collections.Counter[str]] = {}
+    # Filled while generating, per split (like self.skipped): joints hidden for lying off the frame.
     self.hidden_joints: dict[str, int] = {}
+    self.fields = manual_io.Fields(self.name)
 
   def source_paths(self) -> dict[str, tuple[str, str]]:
     """{split: (annotation file, image folder)}, relative to manual_dir, for this config."""
@@ -127,20 +126,17 @@ Then: cascaded-lift-build coco --manual_dir <manual_dir> --data_dir ~/tensorflow
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     paths = self.source_paths()
-    files, dirs = [a for a, _ in paths.values()], [d for _, d in paths.values()]
-    root = sources.manual_root(self.name, dl_manager, files + [d + "/" for d in dirs],
-                               self.MANUAL_DOWNLOAD_INSTRUCTIONS)
-    sources.require_paths(self.name, root, files=files, dirs=dirs,
-                          instructions=self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    required = [a for a, _ in paths.values()] + [d + "/" for _, d in paths.values()]
+    root = manual_io.manual_root(self.name, dl_manager, required, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    manual_io.require_paths(self.name, root, required, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return {split: self._generate_examples(root, split, ann, img)
             for split, (ann, img) in paths.items()}
 
   def _generate_examples(self, root: pathlib.Path, split: str, ann_file: str,
                          image_dir: str) -> Iterator[tuple[int, dict[str, Any]]]:
     file_name = pathlib.Path(ann_file).name
-    images = sources.coco_table(self.name, file_name, sources.load_json(self.name, root / ann_file))
-    skips = pose_builder.SkipCounter(self.name, split)
-    self.skipped[split] = skips.counts
+    images = manual_io.coco_table(self.fields, file_name, manual_io.load_json(self.name, root / ann_file))
+    skips = self.skip_counter(split)
     self.hidden_joints[split] = 0
 
     # Parse and filter every person first, so a missing image or malformed record stops the build
@@ -152,21 +148,17 @@ Then: cascaded-lift-build coco --manual_dir <manual_dir> --data_dir ~/tensorflow
         person = self._parse_person(where, ann, img, skips)
         if person is not None:
           people.append((img, ann_index, where, person))
-    sources.require_images(self.name, root / image_dir, {img.file_name for img, *_ in people},
-                           source=ann_file)
-    sources.require_records(self.name, split, ann_file, len(people), skips.counts)
-    frames = sources.FrameCache(self.name, root / image_dir)
+    manual_io.require_images(self.name, root / image_dir, {img.file_name for img, *_ in people},
+                             source=ann_file)
+    manual_io.require_records(self.name, split, ann_file, len(people), skips.counts)
+    frames = manual_io.FrameCache(self.name, root / image_dir)
     for img, ann_index, where, (bbox, joints, vis) in people:
       jpeg, height, width = frames.get(img.file_name, where)
       if (height, width) != (img.height, img.width):
-        raise pose_builder.RecordError(
-            f"{self.name}: {file_name}: images[{img.index}]: {img.file_name} is {width}x{height} px, "
-            f"the file says {img.width}x{img.height}")
-      inside = sources.inside_image(joints, width, height)
-      hidden = (vis > 0) & ~inside
-      if hidden.any():
-        self.hidden_joints[split] += int(hidden.sum())
-        vis = np.where(hidden, 0.0, vis).astype(np.float32)
+        raise self.fields.error(f"{file_name}: images[{img.index}]", f"{img.file_name} is {width}x{height} "
+                                f"px, the file says {img.width}x{img.height}")
+      vis, n_hidden = manual_io.hide_off_frame(joints, vis, width, height)
+      self.hidden_joints[split] += n_hidden
       yield ann_index, self.make_example(where, image=jpeg, bbox=bbox, joints_img=joints,
                                          joints_vis=vis, image_id=img.id)
     skips.log()
@@ -174,28 +166,27 @@ Then: cascaded-lift-build coco --manual_dir <manual_dir> --data_dir ~/tensorflow
       pose_builder.log.warning("%s[%s]: %d labelled joints outside the frame marked unlabelled",
                                self.name, split, self.hidden_joints[split])
 
-  def _parse_person(self, where: str, ann: dict[str, Any], img: sources.CocoImage,
+  def _parse_person(self, where: str, ann: dict[str, Any], img: manual_io.CocoImage,
                     skips: pose_builder.SkipCounter) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(bbox (4,), joints (19, 2), vis (19,)) of one annotation, or None when it is skipped."""
-    name = self.name
-    if "category_id" in ann and sources.get_int(name, where, ann, "category_id") != 1:
+    fields = self.fields
+    if "category_id" in ann and fields.integer(where, ann, "category_id") != 1:
       skips.skip("not a person (category_id != 1)", where)
       return None
     # Crowd regions are skipped before their fields are checked: they carry no usable keypoints.
-    if "iscrowd" in ann and sources.get_int(name, where, ann, "iscrowd"):
+    if "iscrowd" in ann and fields.integer(where, ann, "iscrowd"):
       skips.skip("crowd annotation (iscrowd = 1)", where)
       return None
-    keypoints = sources.get_numbers(name, where, ann, "keypoints", (NUM_COCO_KEYPOINTS * 3,))
+    keypoints = fields.array(where, ann, "keypoints", (NUM_COCO_KEYPOINTS * 3,))
     keypoints = keypoints.reshape(NUM_COCO_KEYPOINTS, 3)
-    bbox = sources.get_numbers(name, where, ann, "bbox", (4,))
+    bbox = fields.array(where, ann, "bbox", (4,))
     v = keypoints[:, 2]
     if not np.all(np.isin(v, (0, 1, 2))):
-      raise pose_builder.RecordError(f"{name}: {where}: keypoint visibility flags {v.astype(int).tolist()}"
-                                     " must be 0, 1 or 2")
+      raise fields.error(where, f"keypoint visibility flags {v.astype(int).tolist()} must be 0, 1 or 2")
     if not np.any(v > 0):
       skips.skip("no labelled keypoint", where)
       return None
-    if not sources.box_covers_pixels(bbox, img.width, img.height):
+    if not manual_io.box_covers_pixels(bbox, img.width, img.height):
       skips.skip("box empty once clipped to the frame", where)
       return None
     joints, vis = coco_add_thorax_pelvis(keypoints[:, :2], (v > 0).astype(np.float32))

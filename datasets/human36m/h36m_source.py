@@ -24,9 +24,11 @@ import numpy as np
 
 from cascaded_lift import geometry
 from cascaded_lift import skeleton
-from cascaded_lift.datasets.human36m import manual_io
+from cascaded_lift.datasets import manual_io
 
 RecordError = manual_io.RecordError
+# Field errors read "<file>: annotations[i]: missing 'bbox'" (no dataset prefix, as the other errors here).
+FIELDS = manual_io.Fields(compact=True)
 
 SUBJECTS = (1, 5, 6, 7, 8, 9, 11)
 ACTION_NAMES = {
@@ -92,12 +94,11 @@ def parse_cameras(data: Any, fname: str) -> dict[int, Camera]:
       idx = int(key)
     except ValueError:
       raise RecordError(f"{where}: camera keys must be integers (\"1\"..\"4\")") from None
-    R = manual_io.array_field(value, "R", where, (3, 3))
+    R = FIELDS.array(where, value, "R", (3, 3))
     if abs(np.linalg.det(R) - 1.0) > 1e-3:
       raise RecordError(f"{where}: 'R' is not a rotation (det {np.linalg.det(R):.4f})")
-    cams[idx] = Camera(R=R, t=manual_io.array_field(value, "t", where, (3,)),
-                       f=manual_io.array_field(value, "f", where, (2,)),
-                       c=manual_io.array_field(value, "c", where, (2,)))
+    cams[idx] = Camera(R=R, t=FIELDS.array(where, value, "t", (3,)), f=FIELDS.array(where, value, "f", (2,)),
+                       c=FIELDS.array(where, value, "c", (2,)))
   return cams
 
 
@@ -137,30 +138,28 @@ def parse_frames(data: Any, fname: str, subject: int, every: int = 1) -> list[Fr
   Raises RecordError naming the file and the annotation index for a missing or malformed field, an
   annotation whose image is absent, or an image of another subject.
   """
-  index = manual_io.CocoIndex(data, fname)
   frames = []
-  for image_id, anns in index.anns_by_image.items():
-    i_img = index.image_index[image_id]
-    img = index.images[i_img]
-    where_img = f"{fname}: images[{i_img}]"
-    frame_idx = manual_io.int_field(img, "frame_idx", where_img)
+  for img in manual_io.coco_table(FIELDS, fname, data, sizes=False):
+    if not img.annotations:
+      continue
+    where_img = f"{fname}: images[{img.index}]"
+    frame_idx = FIELDS.integer(where_img, img.record, "frame_idx")
     if frame_idx % every:
       continue
-    file_name = manual_io.field(img, "file_name", where_img, str)
-    subj = manual_io.int_field(img, "subject", where_img)
+    subj = FIELDS.integer(where_img, img.record, "subject")
     if subj != subject:
       raise RecordError(f"{where_img}: subject {subj} in the file of subject {subject}")
-    ids = [manual_io.int_field(img, k, where_img) for k in ("action_idx", "subaction_idx", "cam_idx")]
-    for i_ann, ann in anns:
+    ids = [FIELDS.integer(where_img, img.record, k) for k in ("action_idx", "subaction_idx", "cam_idx")]
+    for i_ann, ann in img.annotations:
       where = f"{fname}: annotations[{i_ann}]"
-      bbox = manual_io.array_field(ann, "bbox", where, (4,))
+      bbox = FIELDS.array(where, ann, "bbox", (4,))
       vis = None
       if "keypoints_vis" in ann:
-        vis = manual_io.array_field(ann, "keypoints_vis", where, (NUM_SOURCE_JOINTS,))
-      frames.append(Frame(where=where, index=i_ann, key=f"s{subject}_a{i_ann}", image_id=image_id,
-                          file_name=file_name, subject=subject, action=ids[0], subaction=ids[1],
+        vis = FIELDS.array(where, ann, "keypoints_vis", (NUM_SOURCE_JOINTS,))
+      frames.append(Frame(where=where, index=i_ann, key=f"s{subject}_a{i_ann}", image_id=img.id,
+                          file_name=img.file_name, subject=subject, action=ids[0], subaction=ids[1],
                           cam=ids[2], frame=frame_idx, bbox=bbox, vis=vis))
-  # The COCO index groups annotations by image; restore the annotations' file order.
+  # The COCO table groups annotations by image; restore the annotations' file order.
   frames.sort(key=lambda fr: fr.index)
   return frames
 
@@ -173,7 +172,7 @@ def world_joints(joints: Any, frame: Frame, fname: str) -> np.ndarray:
     raise RecordError(f"{fname}: no joints for action {frame.action} subaction {frame.subaction} "
                       f"frame {frame.frame} (needed by {frame.where})") from None
   where = f"{fname}: [{frame.action}][{frame.subaction}][{frame.frame}]"
-  return manual_io.array_field({"joints": value}, "joints", where, (NUM_SOURCE_JOINTS, 3))
+  return FIELDS.array(where, {"joints": value}, "joints", (NUM_SOURCE_JOINTS, 3))
 
 
 def add_thorax(joints: np.ndarray) -> np.ndarray:
@@ -243,9 +242,9 @@ def load_detections(data: Any, fname: str) -> dict[int, tuple[np.ndarray, np.nda
   out = {}
   for i, entry in enumerate(data):
     where = f"{fname}: [{i}]"
-    image_id = manual_io.int_field(entry, "image_id", where)
-    bbox = manual_io.array_field(entry, "bbox", where, (4,))
-    root = manual_io.array_field(entry, "root_cam", where, (3,))
+    image_id = FIELDS.integer(where, entry, "image_id")
+    bbox = FIELDS.array(where, entry, "bbox", (4,))
+    root = FIELDS.array(where, entry, "root_cam", (3,))
     out[image_id] = (bbox, root)
   return out
 

@@ -28,7 +28,6 @@ measured costs.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import pathlib
@@ -40,8 +39,8 @@ import tensorflow_datasets as tfds
 from cascaded_lift import geometry
 from cascaded_lift import skeleton
 from cascaded_lift.datasets import pose_builder
+from cascaded_lift.datasets import manual_io
 from cascaded_lift.datasets.human36m import h36m_source as src
-from cascaded_lift.datasets.human36m import manual_io
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +112,11 @@ class Builder(pose_builder.PoseDatasetBuilder):
 
   def __init__(self, *args: Any, **kwargs: Any):
     super().__init__(*args, **kwargs)
-    # Filled while generating (inspected by tests and logged): {(subject, cam): convention} and
-    # {split: Counter(reason -> skipped records)}.
+    # Filled while generating (inspected by tests and logged): {(subject, cam): convention}.
     self.camera_conventions: dict[tuple[int, int], str] = {}
-    self.skipped: dict[str, collections.Counter] = {}
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     cfg = self.builder_config
-    root = pathlib.Path(dl_manager.manual_dir)
     plan = {"train": (tuple(cfg.train_subjects), cfg.train_every),
             "test": (tuple(cfg.test_subjects), cfg.test_every)}
     plan = {k: v for k, v in plan.items() if v[0]}
@@ -130,12 +126,13 @@ class Builder(pose_builder.PoseDatasetBuilder):
       if int(every) < 1:
         raise ValueError(f"{self.name}/{cfg.name}: {split}_every must be >= 1, got {every}")
     subjects = sorted({s for subj, _ in plan.values() for s in subj})
-    required = [f for s in subjects for f in src.annotation_files(s)] + ["images"]
-    manual_io.require_files(self.name, root, required, _INSTRUCTIONS)
+    required = [f for s in subjects for f in src.annotation_files(s)] + ["images/"]
+    root = manual_io.manual_root(self.name, dl_manager, required, _INSTRUCTIONS)
+    manual_io.require_paths(self.name, root, required, _INSTRUCTIONS)
     detections: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     det_path = root / src.DETECTIONS_FILE
     if cfg.use_detections and det_path.exists():
-      detections = src.load_detections(manual_io.load_json(det_path), det_path.name)
+      detections = src.load_detections(manual_io.load_json(self.name, det_path), det_path.name)
       log.info("%s: %d detections from %s", self.name, len(detections), det_path)
     else:
       log.info("%s: no detections (%s %s)", self.name, det_path,
@@ -147,8 +144,7 @@ class Builder(pose_builder.PoseDatasetBuilder):
                          detections: dict[int, tuple[np.ndarray, np.ndarray]]
                          ) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
-    skips = pose_builder.SkipCounter(self.name, split)
-    self.skipped[split] = skips.counts
+    skips = self.skip_counter(split)
     skip_sequences = set(cfg.skip_sequences)
     n_written = n_det = 0
     for subject in subjects:
@@ -192,14 +188,15 @@ class Builder(pose_builder.PoseDatasetBuilder):
   def _load_subject(self, root: pathlib.Path, subject: int, every: int):
     """(frames sampled every `every`, {cam: Camera}, parsed _joint_3d.json) of one subject."""
     ann = root / "annotations"
-    frames = src.parse_frames(manual_io.load_json(ann / src.data_file(subject)), src.data_file(subject),
-                              subject, every)
-    cams = src.parse_cameras(manual_io.load_json(ann / src.camera_file(subject)), src.camera_file(subject))
+    frames = src.parse_frames(manual_io.load_json(self.name, ann / src.data_file(subject)),
+                              src.data_file(subject), subject, every)
+    cams = src.parse_cameras(manual_io.load_json(self.name, ann / src.camera_file(subject)),
+                             src.camera_file(subject))
     for fr in frames:
       if fr.cam not in cams:
         raise pose_builder.RecordError(f"{fr.where}: cam_idx {fr.cam} is not in {src.camera_file(subject)} "
                                        f"(cameras {sorted(cams)})")
-    joints = manual_io.load_json(ann / src.joint_file(subject))
+    joints = manual_io.load_json(self.name, ann / src.joint_file(subject))
     if not isinstance(joints, dict):
       raise pose_builder.RecordError(f"{src.joint_file(subject)}: expected a JSON object "
                                      "{action: {subaction: {frame: 17 x 3}}}")

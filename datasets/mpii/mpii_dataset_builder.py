@@ -24,7 +24,6 @@ are marked unlabelled and counted in ``builder.hidden_joints[split]``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import pathlib
 from typing import Any, Iterator, NamedTuple
@@ -35,7 +34,7 @@ import tensorflow_datasets as tfds
 from cascaded_lift import skeleton
 from cascaded_lift.data import schema
 from cascaded_lift.datasets import pose_builder
-from cascaded_lift.datasets.coco import sources
+from cascaded_lift.datasets import manual_io
 
 NUM_JOINTS = 16
 HRNET_FORM = "hrnet"
@@ -123,9 +122,9 @@ Then: cascaded-lift-build mpii --manual_dir <manual_dir> --data_dir ~/tensorflow
 
   def __init__(self, **kwargs: Any):
     super().__init__(**kwargs)
-    # Filled while generating, per split: records skipped by reason and joints hidden (off-frame).
-    self.skipped: dict[str, collections.Counter[str]] = {}
+    # Filled while generating, per split (like self.skipped): joints hidden for lying off the frame.
     self.hidden_joints: dict[str, int] = {}
+    self.fields = manual_io.Fields(self.name)
     self.forms: dict[str, str] = {}  # split -> detected annotation form
 
   def _required(self) -> list[tuple[str | None, tuple[str, ...]]]:
@@ -148,30 +147,28 @@ Then: cascaded-lift-build mpii --manual_dir <manual_dir> --data_dir ~/tensorflow
                if (split is None and not (root / cfg.image_dir).is_dir())
                or (split is not None and split not in found)]
     if missing:
-      raise sources.missing_files_error(self.name, root, missing, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+      raise manual_io.missing_files_error(self.name, root, missing, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return found
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = sources.manual_root(self.name, dl_manager, [" or ".join(a) for _, a in self._required()],
-                               self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    root = manual_io.manual_root(self.name, dl_manager, [" or ".join(a) for _, a in self._required()],
+                                 self.MANUAL_DOWNLOAD_INSTRUCTIONS)
     return {split: self._generate_examples(root, split, path)
             for split, path in self.source_paths(root).items()}
 
   def _generate_examples(self, root: pathlib.Path, split: str,
                          ann_path: pathlib.Path) -> Iterator[tuple[int, dict[str, Any]]]:
     cfg = self.builder_config
-    skips = pose_builder.SkipCounter(self.name, split)
-    self.skipped[split] = skips.counts
+    skips = self.skip_counter(split)
     self.hidden_joints[split] = 0
-    data = sources.load_json(self.name, ann_path)
+    data = manual_io.load_json(self.name, ann_path)
     if isinstance(data, list):
       form, people = HRNET_FORM, self._hrnet_people(ann_path.name, data)
     elif isinstance(data, dict) and "images" in data and "annotations" in data:
       form, people = COCO_FORM, self._coco_people(ann_path.name, data)
     else:
-      raise pose_builder.RecordError(
-          f"{self.name}: {ann_path.name}: neither annotation form: expected a JSON list (HRNet/MMPose "
-          "form) or an object with 'images' and 'annotations' (3DMPPE form)")
+      raise self.fields.error(ann_path.name, "neither annotation form: expected a JSON list (HRNet/MMPose "
+                              "form) or an object with 'images' and 'annotations' (3DMPPE form)")
     self.forms[split] = form
     pose_builder.log.info("%s[%s]: %s is in the %s form", self.name, split, ann_path.name, form)
 
@@ -183,30 +180,26 @@ Then: cascaded-lift-build mpii --manual_dir <manual_dir> --data_dir ~/tensorflow
       else:
         kept.append(p)
     image_dir = root / cfg.image_dir
-    sources.require_images(self.name, image_dir, {p.image for p in kept},
-                           source=f"{cfg.annotation_dir}/{ann_path.name}")
+    manual_io.require_images(self.name, image_dir, {p.image for p in kept},
+                             source=f"{cfg.annotation_dir}/{ann_path.name}")
 
-    frames = sources.FrameCache(self.name, image_dir)
+    frames = manual_io.FrameCache(self.name, image_dir)
     written = 0
     for p in kept:
       jpeg, height, width = frames.get(p.image, p.where)
       if p.size is not None and p.size != (height, width):
-        raise pose_builder.RecordError(
-            f"{self.name}: {p.where}: {p.image} is {width}x{height} px, the file says "
-            f"{p.size[1]}x{p.size[0]}")
-      if not sources.box_covers_pixels(p.bbox, width, height):
+        raise self.fields.error(p.where, f"{p.image} is {width}x{height} px, the file says "
+                                         f"{p.size[1]}x{p.size[0]}")
+      if not manual_io.box_covers_pixels(p.bbox, width, height):
         skips.skip("box empty once clipped to the frame", p.where)
         continue
-      vis = p.vis
-      hidden = (vis > 0) & ~sources.inside_image(p.joints, width, height)
-      if hidden.any():
-        self.hidden_joints[split] += int(hidden.sum())
-        vis = np.where(hidden, 0.0, vis).astype(np.float32)
+      vis, n_hidden = manual_io.hide_off_frame(p.joints, p.vis, width, height)
+      self.hidden_joints[split] += n_hidden
       yield p.key, self.make_example(p.where, image=jpeg, bbox=p.bbox, joints_img=p.joints,
                                      joints_vis=vis, image_id=p.image_id)
       written += 1
-    sources.require_records(self.name, split, f"{cfg.annotation_dir}/{ann_path.name}", written,
-                            skips.counts)
+    manual_io.require_records(self.name, split, f"{cfg.annotation_dir}/{ann_path.name}", written,
+                              skips.counts)
     skips.log()
     if self.hidden_joints[split]:
       pose_builder.log.warning("%s[%s]: %d labelled joints outside the frame marked unlabelled",
@@ -218,18 +211,17 @@ Then: cascaded-lift-build mpii --manual_dir <manual_dir> --data_dir ~/tensorflow
   def _hrnet_people(self, file_name: str, data: list[Any]) -> list[Person]:
     cfg = self.builder_config
     offset = 1.0 if cfg.hrnet_one_based else 0.0
-    name = self.name
+    fields = self.fields
     people = []
     for i, rec in enumerate(data):
       where = f"{file_name}[{i}]"
-      image = sources.get_str(name, where, rec, "image")
-      joints = sources.get_numbers(name, where, rec, "joints", (NUM_JOINTS, 2)) - offset
-      vis = sources.get_numbers(name, where, rec, "joints_vis", (NUM_JOINTS,))
+      image = fields.string(where, rec, "image")
+      joints = fields.array(where, rec, "joints", (NUM_JOINTS, 2)) - offset
+      vis = fields.array(where, rec, "joints_vis", (NUM_JOINTS,))
       if not np.all(np.isin(vis, (0, 1))):
-        raise pose_builder.RecordError(
-            f"{name}: {where}: 'joints_vis' {vis.astype(int).tolist()} must be 0 or 1")
-      center = sources.get_numbers(name, where, rec, "center", (2,))
-      scale = sources.get_number(name, where, rec, "scale", positive=True)
+        raise fields.error(where, f"'joints_vis' {vis.astype(int).tolist()} must be 0 or 1")
+      center = fields.array(where, rec, "center", (2,))
+      scale = fields.number(where, rec, "scale", positive=True)
       if center[0] == -1:  # HRNet's marker for "no centre annotated"
         bbox = joint_box(joints, vis) if np.any(vis > 0) else np.array([0, 0, 1, 1], np.float32)
       else:
@@ -241,16 +233,15 @@ Then: cascaded-lift-build mpii --manual_dir <manual_dir> --data_dir ~/tensorflow
     return people
 
   def _coco_people(self, file_name: str, data: dict[str, Any]) -> list[Person]:
-    name = self.name
+    fields = self.fields
     people = []
-    for img in sources.coco_table(name, file_name, data):
+    for img in manual_io.coco_table(fields, file_name, data):
       for i, ann in img.annotations:
         where = f"{file_name}: annotations[{i}]"
-        kps = sources.get_numbers(name, where, ann, "keypoints", (NUM_JOINTS * 3,)).reshape(NUM_JOINTS, 3)
-        bbox = sources.get_numbers(name, where, ann, "bbox", (4,))
+        kps = fields.array(where, ann, "keypoints", (NUM_JOINTS * 3,)).reshape(NUM_JOINTS, 3)
+        bbox = fields.array(where, ann, "bbox", (4,))
         if not np.all(kps[:, 2] >= 0):
-          raise pose_builder.RecordError(f"{name}: {where}: keypoint visibility flags "
-                                         f"{kps[:, 2].tolist()} must be >= 0")
+          raise fields.error(where, f"keypoint visibility flags {kps[:, 2].tolist()} must be >= 0")
         people.append(Person(where, i, img.file_name, img.id, (img.height, img.width),
                              bbox.astype(np.float32), kps[:, :2].astype(np.float32),
                              (kps[:, 2] > 0).astype(np.float32)))

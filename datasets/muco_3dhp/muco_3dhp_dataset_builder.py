@@ -32,13 +32,14 @@ import tensorflow_datasets as tfds
 
 from cascaded_lift import skeleton
 from cascaded_lift.datasets import pose_builder
-from cascaded_lift.datasets.human36m import manual_io
+from cascaded_lift.datasets import manual_io
 
 log = logging.getLogger(__name__)
 
 ANNOTATION_FILE = "MuCo-3DHP.json"
 NUM_JOINTS = 21
 PLANE_DISTANCES = ("camera_xy", "pixel_at_depth")
+FIELDS = manual_io.Fields(compact=True)  # "MuCo-3DHP.json: annotations[2]: missing 'bbox'"
 
 _INSTRUCTIONS = """\
 MuCo-3DHP cannot be downloaded by code. Get the composited images and MuCo-3DHP.json of the 3DMPPE
@@ -126,41 +127,36 @@ class Builder(pose_builder.PoseDatasetBuilder):
   booktitle = {ICCV}, year = {2019}
 }"""
 
-  def __init__(self, *args: Any, **kwargs: Any):
-    super().__init__(*args, **kwargs)
-    self.skipped: dict[str, Any] = {}  # {split: Counter(reason -> skipped records)}, for tests/logs
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     cfg = self.builder_config
     if cfg.plane_distance not in PLANE_DISTANCES:
       raise ValueError(f"{self.name}/{cfg.name}: plane_distance {cfg.plane_distance!r} not in {PLANE_DISTANCES}")
-    root = pathlib.Path(dl_manager.manual_dir)
-    manual_io.require_files(self.name, root, [ANNOTATION_FILE], _INSTRUCTIONS)
+    root = manual_io.manual_root(self.name, dl_manager, [ANNOTATION_FILE], _INSTRUCTIONS)
+    manual_io.require_paths(self.name, root, [ANNOTATION_FILE], _INSTRUCTIONS)
     return {"train": self._generate_examples(root)}
 
   def _parse(self, root: pathlib.Path) -> list[tuple[dict, list[tuple[str, dict]]]]:
     """[(image fields, [(record name, person fields) for selected people])] in images[] order."""
     cfg = self.builder_config
-    index = manual_io.CocoIndex(manual_io.load_json(root / ANNOTATION_FILE), ANNOTATION_FILE)
+    table = manual_io.coco_table(FIELDS, ANNOTATION_FILE,
+                                 manual_io.load_json(self.name, root / ANNOTATION_FILE), sizes=False)
     out = []
     n_people = 0
-    for i_img, img in enumerate(index.images):
-      where_img = f"{ANNOTATION_FILE}: images[{i_img}]"
-      image_id = manual_io.int_field(img, "id", where_img)
-      anns = index.anns_by_image.get(image_id, [])
-      if not anns:
+    for img in table:
+      if not img.annotations:
         continue
-      image = {"id": image_id, "file_name": manual_io.field(img, "file_name", where_img, str),
-               "f": manual_io.array_field(img, "f", where_img, (2,)),
-               "c": manual_io.array_field(img, "c", where_img, (2,))}
+      where_img = f"{ANNOTATION_FILE}: images[{img.index}]"
+      image = {"id": img.id, "file_name": img.file_name,
+               "f": FIELDS.array(where_img, img.record, "f", (2,)),
+               "c": FIELDS.array(where_img, img.record, "c", (2,))}
       people = []
-      for i_ann, ann in anns:
+      for i_ann, ann in img.annotations:
         where = f"{ANNOTATION_FILE}: annotations[{i_ann}]"
         people.append((f"{where} ({image['file_name']})", {
             "key": f"a{i_ann}",
-            "bbox": manual_io.array_field(ann, "bbox", where, (4,)),
-            "joints_cam": manual_io.array_field(ann, "keypoints_cam", where, (NUM_JOINTS, 3)),
-            "joints_img": manual_io.array_field(ann, "keypoints_img", where, (NUM_JOINTS, 2)),
+            "bbox": FIELDS.array(where, ann, "bbox", (4,)),
+            "joints_cam": FIELDS.array(where, ann, "keypoints_cam", (NUM_JOINTS, 3)),
+            "joints_img": FIELDS.array(where, ann, "keypoints_img", (NUM_JOINTS, 2)),
         }))
       roots = np.stack([p["joints_cam"][self.SKELETON.root] for _, p in people])
       if np.any(roots[:, 2] <= 0):
@@ -176,8 +172,7 @@ class Builder(pose_builder.PoseDatasetBuilder):
 
   def _generate_examples(self, root: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
-    skips = pose_builder.SkipCounter(self.name, "train")
-    self.skipped["train"] = skips.counts
+    skips = self.skip_counter("train")
     vis = np.ones(NUM_JOINTS, np.float32)
     for (image, people), data, reason in manual_io.iter_jpegs(
         self._parse(root), lambda item: root / item[0]["file_name"], cfg.num_threads, cfg.decode_images):

@@ -32,7 +32,7 @@ import tensorflow_datasets as tfds
 
 from cascaded_lift import skeleton
 from cascaded_lift.datasets import pose_builder
-from cascaded_lift.datasets.human36m import manual_io
+from cascaded_lift.datasets import manual_io
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ IMAGE_DIR = "MultiPersonTestSet"
 DETECTION_FILES = ("bbox_root/bbox_root_mupots_output.json", "bbox_root_mupots_output.json")
 NUM_JOINTS = 21
 NUM_ANNOTATED = 17
+FIELDS = manual_io.Fields(compact=True)  # "MuPoTS-3D.json: annotations[3]: missing 'is_valid'"
 _FILE_RE = re.compile(r"(?:^|/)TS(\d+)/img_(\d+)\.[A-Za-z]+$")
 
 _INSTRUCTIONS = """\
@@ -79,11 +80,11 @@ def load_detections(data: Any, fname: str, image_ids: set[int]) -> dict[int, tup
   roots: dict[int, list] = collections.defaultdict(list)
   for i, entry in enumerate(data):
     where = f"{fname}: [{i}]"
-    image_id = manual_io.int_field(entry, "image_id", where)
+    image_id = FIELDS.integer(where, entry, "image_id")
     if image_id not in image_ids:
       raise pose_builder.RecordError(f"{where}: image_id {image_id} is not in {ANNOTATION_FILE}")
-    boxes[image_id].append(manual_io.array_field(entry, "bbox", where, (4,)))
-    roots[image_id].append(manual_io.array_field(entry, "root_cam", where, (3,)))
+    boxes[image_id].append(FIELDS.array(where, entry, "bbox", (4,)))
+    roots[image_id].append(FIELDS.array(where, entry, "root_cam", (3,)))
   return {k: (np.stack(boxes[k]), np.stack(roots[k])) for k in boxes}
 
 
@@ -123,55 +124,51 @@ class Builder(pose_builder.PoseDatasetBuilder):
   booktitle = {ICCV}, year = {2019}
 }"""
 
-  def __init__(self, *args: Any, **kwargs: Any):
-    super().__init__(*args, **kwargs)
-    self.skipped: dict[str, Any] = {}  # {split: Counter(reason -> skipped records)}, for tests/logs
-
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    root = pathlib.Path(dl_manager.manual_dir)
-    manual_io.require_files(self.name, root, [ANNOTATION_FILE, IMAGE_DIR], _INSTRUCTIONS)
+    required = [ANNOTATION_FILE, IMAGE_DIR + "/"]
+    root = manual_io.manual_root(self.name, dl_manager, required, _INSTRUCTIONS)
+    manual_io.require_paths(self.name, root, required, _INSTRUCTIONS)
     return {"test": self._generate_examples(root)}
 
   def _parse(self, root: pathlib.Path) -> list[dict[str, Any]]:
     """Per image (images[] order): ids, intrinsics, file name and the stacked people arrays."""
-    index = manual_io.CocoIndex(manual_io.load_json(root / ANNOTATION_FILE), ANNOTATION_FILE)
+    table = manual_io.coco_table(FIELDS, ANNOTATION_FILE,
+                                 manual_io.load_json(self.name, root / ANNOTATION_FILE), sizes=False)
     frames = []
-    for i_img, img in enumerate(index.images):
-      where_img = f"{ANNOTATION_FILE}: images[{i_img}]"
-      image_id = manual_io.int_field(img, "id", where_img)
-      file_name = manual_io.field(img, "file_name", where_img, str)
+    for img in table:
+      where_img = f"{ANNOTATION_FILE}: images[{img.index}]"
+      image_id, file_name = img.id, img.file_name
       seq, frame = parse_file_name(file_name, where_img)
-      intrinsic = manual_io.array_field(img, "intrinsic", where_img, (4,))
+      intrinsic = FIELDS.array(where_img, img.record, "intrinsic", (4,))
       people = collections.defaultdict(list)
-      for i_ann, ann in index.anns_by_image.get(image_id, []):
+      for i_ann, ann in img.annotations:
         where = f"{ANNOTATION_FILE}: annotations[{i_ann}]"
-        people["bbox"].append(manual_io.array_field(ann, "bbox", where, (4,)))
-        cam = manual_io.array_field(ann, "keypoints_cam", where, (None, 3))
-        uv = manual_io.array_field(ann, "keypoints_img", where, (cam.shape[0], 2))
-        vis = (manual_io.array_field(ann, "keypoints_vis", where, (cam.shape[0],)) > 0
+        people["bbox"].append(FIELDS.array(where, ann, "bbox", (4,)))
+        cam = FIELDS.array(where, ann, "keypoints_cam", (None, 3))
+        uv = FIELDS.array(where, ann, "keypoints_img", (cam.shape[0], 2))
+        vis = (FIELDS.array(where, ann, "keypoints_vis", (cam.shape[0],)) > 0
                if "keypoints_vis" in ann else np.ones(cam.shape[0]))
         people["joints_cam"].append(pad_joints(cam, where, "keypoints_cam"))
         people["joints_img"].append(pad_joints(uv, where, "keypoints_img"))
         people["joints_vis"].append(pad_joints(vis[:, None].astype(np.float64), where, "keypoints_vis")[:, 0])
         # 0/1 in the 3DMPPE file; some converters write JSON booleans.
-        people["is_valid"].append(float(bool(manual_io.field(ann, "is_valid", where, (int, float, bool)))))
+        people["is_valid"].append(float(bool(FIELDS.get(where, ann, "is_valid", (int, float, bool)))))
       shapes = {"bbox": (4,), "joints_cam": (NUM_JOINTS, 3), "joints_img": (NUM_JOINTS, 2),
                 "joints_vis": (NUM_JOINTS,), "is_valid": ()}
       arrays = {k: np.stack(people[k]) if people[k] else np.zeros((0, *s)) for k, s in shapes.items()}
-      frames.append({"record": f"{where_img} ({file_name})", "key": f"i{i_img}", "image_id": image_id,
+      frames.append({"record": f"{where_img} ({file_name})", "key": f"i{img.index}", "image_id": image_id,
                      "file_name": file_name, "subject": seq, "frame": frame,
                      "focal": intrinsic[:2], "principal": intrinsic[2:], **arrays})
     return frames
 
   def _generate_examples(self, root: pathlib.Path) -> Iterator[tuple[str, dict[str, Any]]]:
     cfg = self.builder_config
-    skips = pose_builder.SkipCounter(self.name, "test")
-    self.skipped["test"] = skips.counts
+    skips = self.skip_counter("test")
     frames = self._parse(root)
     detections = None
     det_path = next((root / p for p in DETECTION_FILES if (root / p).exists()), None)
     if cfg.use_detections and det_path is not None:
-      detections = load_detections(manual_io.load_json(det_path), det_path.name,
+      detections = load_detections(manual_io.load_json(self.name, det_path), det_path.name,
                                    {fr["image_id"] for fr in frames})
       log.info("%s: detections for %d images from %s", self.name, len(detections), det_path)
     empty = (np.zeros((0, 4)), np.zeros((0, 3)))
