@@ -85,8 +85,11 @@ def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any]
   preds = collect_predictions(config, parallel.to_host(variables), split)
   nj = skeleton.num_eval_joints
   root = skeleton.root
+  # Root alignment (DESIGN.md section 7): both poses relative to their own root joint; the lifter's
+  # output root is near, not exactly at, zero.
   gt = preds["joints_cam"] - preds["joints_cam"][:, root:root + 1]
-  pred3d, gt3d = preds["pose_3d"][:, :nj], gt[:, :nj]
+  pred = preds["pose_3d"] - preds["pose_3d"][:, root:root + 1]
+  pred3d, gt3d = pred[:, :nj], gt[:, :nj]
   results: dict[str, Any] = {
       "mpjpe": metrics_lib.mpjpe(pred3d, gt3d),
       "pa_mpjpe": metrics_lib.pa_mpjpe(pred3d, gt3d),
@@ -117,13 +120,13 @@ def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any]
                      "MPJPE per joint")
   n_img = min(len(preds.get("image", [])), config.eval.get("num_plot_examples", 4))
   if n_img:
-    scale = config.data.image_size / (config.data.image_size // 4)
+    scale = config.data.image_size / config.data.output_size
     viz.save_examples(out_dir / "examples.png", preds["image"][:n_img], preds["coords"][:n_img, :, :2] * scale,
-                      preds["pose_3d"][:n_img], gt[:n_img], skeleton)
+                      pred[:n_img], gt[:n_img], skeleton)
   with open(out_dir / "metrics.json", "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)
   records = [{"image_id": int(preds["image_id"][i]) if "image_id" in preds else i,
-              "pose_3d_mm": np.round(preds["pose_3d"][i], 2).tolist()} for i in range(len(pred3d))]
+              "pose_3d_mm": np.round(pred[i], 2).tolist()} for i in range(len(pred3d))]
   with open(out_dir / "predictions.json", "w", encoding="utf-8") as f:
     json.dump(records, f)
   logging.info("evaluation: %s", {k: v for k, v in results.items() if not isinstance(v, dict)})

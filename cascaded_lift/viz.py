@@ -72,8 +72,12 @@ def save_examples(path: str | pathlib.Path, crops_rgb: np.ndarray, joints_2d: np
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   n = len(crops_rgb)
   fig = plt.figure(figsize=(8, 4 * n))
+  # Small crops are enlarged before drawing so that the skeleton stays legible.
+  zoom = max(1, 256 // crops_rgb.shape[1])
   for i in range(n):
-    img = draw_skeleton(np.ascontiguousarray(crops_rgb[i][..., ::-1]), joints_2d[i], skeleton)[..., ::-1]
+    crop = cv2.resize(np.ascontiguousarray(crops_rgb[i][..., ::-1]), None, fx=zoom, fy=zoom,
+                      interpolation=cv2.INTER_LINEAR)
+    img = draw_skeleton(crop, (joints_2d[i] + 0.5) * zoom - 0.5, skeleton)[..., ::-1]
     ax = fig.add_subplot(n, 2, 2 * i + 1)
     ax.imshow(img)
     ax.set_axis_off()

@@ -30,9 +30,16 @@ def _env(devices: int = 1, **extra: str) -> dict[str, str]:
   return env
 
 
+def _data_dir_flags(workdir) -> list[str]:
+  # Each run builds the tiny synthetic set into its own data_dir: parallel test workers must not race
+  # on building ~/tensorflow_datasets.
+  data_dir = f"{workdir}_tfds"
+  return [f"--config.data.train_3d.data_dir={data_dir}", f"--config.data.eval.data_dir={data_dir}"]
+
+
 def _train_cmd(workdir, *overrides: str) -> list[str]:
   return [sys.executable, str(REPO / "train.py"), "--config", str(REPO / "configs" / "tiny.py"),
-          "--workdir", str(workdir), *overrides]
+          "--workdir", str(workdir), *_data_dir_flags(workdir), *overrides]
 
 
 def _run(cmd, env, timeout=300) -> subprocess.CompletedProcess:
@@ -193,7 +200,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_eval_py_writes_metrics_and_plots(uninterrupted):
   proc = _run([sys.executable, str(REPO / "eval.py"), "--config", str(REPO / "configs" / "tiny.py"),
-               "--workdir", str(uninterrupted)], _env())
+               "--workdir", str(uninterrupted), *_data_dir_flags(uninterrupted)], _env())
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = uninterrupted / "eval"
   metrics = json.loads((out / "metrics.json").read_text())

@@ -64,11 +64,9 @@ class ProgressBar:
     frac = min(done / self.total, 1.0)
     bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
     line = f"{self.desc} [{bar}] {done}/{self.total} loss {loss:.4f} {images_per_s:.1f} img/s"
-    if self._tty:
+    if self._tty:  # off a terminal the loop's console lines say the same
       sys.stderr.write("\r" + line)
       sys.stderr.flush()
-    else:
-      logging.info(line)
 
   def close(self) -> None:
     if self.enabled and self._tty:

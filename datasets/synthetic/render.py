@@ -41,10 +41,11 @@ _HEAD_RADIUS = 105.0
 _MARGIN_MM = 130.0  # how far drawn pixels reach beyond a joint (largest tube radius)
 
 
-def sample_intrinsics(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-  """Focal (fx, fy) and principal point (cx, cy) in px: f = 0.9..1.6 x width, near-square pixels,
-  principal point within 3 % of the image centre."""
-  f = rng.uniform(0.9, 1.6) * width
+def sample_intrinsics(rng: np.random.Generator, width: int, height: int,
+                      focal_range: tuple[float, float] = (0.9, 1.6)) -> tuple[np.ndarray, np.ndarray]:
+  """Focal (fx, fy) and principal point (cx, cy) in px: f = focal_range x width (default 0.9..1.6),
+  near-square pixels, principal point within 3 % of the image centre."""
+  f = rng.uniform(*focal_range) * width
   focal = np.array([f, f * rng.uniform(0.99, 1.01)])
   principal = np.array([(width - 1) / 2, (height - 1) / 2]) + rng.normal(0, 0.015, 2) * (width, height)
   return focal, principal
@@ -64,11 +65,12 @@ def body_to_camera_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def place_person(joints_body: np.ndarray, r_cam: np.ndarray, focal: np.ndarray, principal: np.ndarray,
-                 width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-  """Camera-frame joints (mm): root depth 3.5..7 m (pushed back if the person would not fit), then
-  shifted sideways so the drawn person lies inside the image at a random position."""
+                 width: int, height: int, rng: np.random.Generator,
+                 depth_range: tuple[float, float] = (3500.0, 7000.0)) -> np.ndarray:
+  """Camera-frame joints (mm): root depth in depth_range (default 3.5..7 m; pushed back if the person
+  would not fit), then shifted sideways so the drawn person lies inside the image at a random position."""
   rotated = joints_body @ r_cam.T
-  depth = rng.uniform(3500.0, 7000.0)
+  depth = rng.uniform(*depth_range)
   for _ in range(20):
     cam = rotated + np.array([0.0, 0.0, depth])
     uv = geometry.camera_to_pixel(cam, focal, principal)

@@ -49,6 +49,8 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     skeleton: joint set of the stored labels ("h36m", or "mpii" to imitate a 2D dataset: the
       Human3.6M joints mapped by name, joints MPII lacks dropped).
     with_depth: store joints_cam (has_depth = 1); False imitates a 2D-only dataset.
+    focal_range: focal length range, in multiples of the image width.
+    depth_range_mm: range of the root's distance from the camera, mm.
   """
   width: int = 256
   height: int = 256
@@ -60,6 +62,8 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   jpeg_quality: int = 90
   skeleton: str = "h36m"
   with_depth: bool = True
+  focal_range: tuple[float, float] = (0.9, 1.6)
+  depth_range_mm: tuple[float, float] = (3500.0, 7000.0)
 
 
 def generate_example(config: SyntheticConfig, split: str, index: int,
@@ -88,9 +92,10 @@ def generate_example(config: SyntheticConfig, split: str, index: int,
   family, angles = kinematics.sample_angles(rng)
   joints_body = kinematics.forward_kinematics(body, angles)
   w, h = config.width, config.height
-  focal, principal = render.sample_intrinsics(rng, w, h)
+  focal, principal = render.sample_intrinsics(rng, w, h, tuple(config.focal_range))
   r_cam = render.body_to_camera_rotation(rng)
-  joints_cam = render.place_person(joints_body, r_cam, focal, principal, w, h, rng)
+  joints_cam = render.place_person(joints_body, r_cam, focal, principal, w, h, rng,
+                                   tuple(config.depth_range_mm))
   joints_img = geometry.camera_to_pixel(joints_cam, focal, principal)
   image = render.render_background(rng, w, h)
   image = render.render_person(image, joints_cam, focal, principal, body.girth, rng)
@@ -118,8 +123,10 @@ class Builder(pose_builder.PoseDatasetBuilder):
                       width=64, height=64, num_train=48, num_test=16, num_train_subjects=4,
                       num_test_subjects=2),
       SyntheticConfig(name="default", description="256x256 frames, 20000 train / 2000 test."),
-      SyntheticConfig(name="main", description="128x128 frames, 12000 train / 500 test (the CPU main job, "
-                      "configs/synthetic.py).", width=128, height=128, num_train=12000, num_test=500),
+      SyntheticConfig(name="studio", description="128x128 frames, 12000 train / 500 test, one camera "
+                      "focal length and subjects 4.5-5.5 m away, like a capture studio (the CPU main job, "
+                      "configs/synthetic.py).", width=128, height=128, num_train=12000, num_test=500,
+                      focal_range=(1.2, 1.2), depth_range_mm=(4500.0, 5500.0)),
       SyntheticConfig(name="hd", description="1000x1000 frames (Human3.6M size), 2000 train / 200 test.",
                       width=1000, height=1000, num_train=2000, num_test=200),
       SyntheticConfig(name="small_2d", description="Like 'small' but 2D-only MPII-style labels (tests "
