@@ -40,8 +40,15 @@ import ml_collections
 
 def source_config(name: str, split: str, config: str | None = None,
                   data_dir: str | None = None) -> ml_collections.ConfigDict:
-  """One dataset reference {name, split, config, data_dir}."""
-  return ml_collections.ConfigDict({"name": name, "split": split, "config": config, "data_dir": data_dir})
+  """One dataset reference {name, split, config, data_dir}.
+
+  `config` and `data_dir` are typed placeholders when None, so that they can still be set from the
+  command line (e.g. --config.data.train_3d.data_dir=~/tensorflow_datasets).
+  """
+  return ml_collections.ConfigDict({
+      "name": name, "split": split,
+      "config": config if config is not None else ml_collections.config_dict.placeholder(str),
+      "data_dir": data_dir if data_dir is not None else ml_collections.config_dict.placeholder(str)})
 
 
 def default_data_config() -> ml_collections.ConfigDict:

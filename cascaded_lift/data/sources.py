@@ -10,8 +10,10 @@ index in the split) and `_source` (a label "name/config[split]") for error messa
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib
 import logging
+import pathlib
 from typing import Any, Mapping
 
 from cascaded_lift import skeleton as skeleton_lib
@@ -92,6 +94,25 @@ def _builder(name: str, config: str | None, data_dir: str | None):
     return tfds.builder_from_directory(built)
 
 
+def _build_once(name: str, config: str | None, data_dir: str | None, label: str) -> None:
+  """Prepares the dataset while holding a lock file beside its folder, so that several processes
+  starting at once (data-parallel hosts, test workers) build it once; the others wait, then reuse it."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _builder(name, config, data_dir)
+  target = pathlib.Path(builder.data_dir)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with open(target.parent / f".{target.name}.build.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder = _builder(name, config, data_dir)  # re-reads the folder: another process may have built it
+      if not builder.is_prepared():
+        log.info("%s not found in %s: building it", label, builder.data_dir)
+        tfds.disable_progress_bar()
+        builder.download_and_prepare()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def load_source(spec: Any, build_if_missing: bool = True) -> PoseSource:
   """Opens split `spec.split` of dataset `spec.name` (config `spec.config`) under `spec.data_dir`.
 
@@ -117,9 +138,8 @@ def load_source(spec: Any, build_if_missing: bool = True) -> PoseSource:
           f"{label} is not built in {builder.data_dir}; build it with: cascaded-lift-build {name}"
           f"{f' --config {cfg_name}' if cfg_name else ''} --manual_dir <where you unpacked it> "
           f"--data_dir {data_dir or '<data_dir>'}")
-    log.info("%s not found in %s: building it", label, builder.data_dir)
-    tfds.disable_progress_bar()
-    builder.download_and_prepare()
+    _build_once(name, config, data_dir, label)
+    builder = _builder(name, config, data_dir)
   if split not in builder.info.splits:
     raise KeyError(f"{label}: no split {split!r}; available: {sorted(builder.info.splits)}")
   meta = builder.info.metadata or {}
