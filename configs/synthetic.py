@@ -9,9 +9,9 @@ Sized to finish in about 7.5 minutes on 2 CPU cores. Compare mpjpe with mean_pos
 always predicting the training mean pose) in metrics.json to see how much it learned.
 
 Measured (2-core CPU): MPJPE 201-206 mm vs mean pose 294.6 mm. What limits it: the stage-1 2.5D
-estimate (mean voxel error x 0.77, y 0.62, z 0.96 voxels, i.e. ~85-120 mm on this 16^3 grid); a lifter
-trained on those inputs and fed ground-truth 2.5D still gives 187 mm, so the lifter is not the
-bottleneck. Tried without gain: heatmap loss weights x10, learning rate 2e-3, 2000 stage-1 steps,
+estimate (mean voxel error x 0.77, y 0.62, z 0.96 voxels, i.e. ~85-120 mm on this 16^3 grid); the
+lifter, trained on those noisy inputs, gives 187 mm even when fed ground-truth 2.5D: it learned to lean
+on the mean pose. Next to try: a better stage 1, or training the lifter on ground-truth 2.5D plus noise. Tried without gain: heatmap loss weights x10, learning rate 2e-3, 2000 stage-1 steps,
 geodesic normalisation off, 32 depth bins. 64 px crops (2x2 C5) learned almost nothing.
 """
 
