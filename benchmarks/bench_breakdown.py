@@ -112,13 +112,9 @@ def torch_parts(net, cfg: dict[str, Any]) -> dict[str, Callable]:
 
 def main(argv=None) -> dict[str, Any]:
   ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  ap.add_argument("--model", default="full", choices=("tiny", "full"))
-  ap.add_argument("--batch", type=int, default=8)
-  ap.add_argument("--size", type=int, default=256)
+  common.add_model_args(ap, dtype=False)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--threads", type=int, default=2)
-  ap.add_argument("--deconv", default="four_phase", choices=("four_phase", "depth_to_space", "conv_transpose"))
   ap.add_argument("--torch-format", default="channels_last", choices=("contiguous", "channels_last"))
   ap.add_argument("--parts", default=",".join(PARTS))
   ap.add_argument("-v", "--verbose", action="store_true")

@@ -100,14 +100,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  p.add_argument("--model", default="full", choices=("tiny", "full"))
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--size", type=int, default=256)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  common.add_model_args(p)
   p.add_argument("--modes", default="train,infer")
   p.add_argument("--steps", type=int, default=2)
-  p.add_argument("--threads", type=int, default=2)
-  p.add_argument("--deconv", default="four_phase", choices=("four_phase", "depth_to_space", "conv_transpose"))
   p.add_argument("--torch-format", default="channels_last", choices=("contiguous", "channels_last"))
   p.add_argument("--device-stats", action="store_true")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)

@@ -286,15 +286,10 @@ def relative_error(got: Any, want: Any) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-  p.add_argument("--model", default="full", choices=("tiny", "full"))
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--size", type=int, default=256)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  common.add_model_args(p)
   p.add_argument("--modes", default="train,infer,flip")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
-  p.add_argument("--deconv", default="four_phase", choices=("four_phase", "depth_to_space", "conv_transpose"))
   p.add_argument("--torch-format", default="auto", choices=("auto", "contiguous", "channels_last"))
   p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model (slow start)")
   p.add_argument("--no-torch", action="store_true", help="time JAX alone")

@@ -120,3 +120,18 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def print_json(record: Mapping[str, Any]) -> None:
   """Prints the machine-readable line: 'JSON ' + one line of JSON."""
   print("JSON " + json.dumps(record, default=str, separators=(",", ":")), flush=True)
+
+
+DECONV_FORMULATIONS = ("four_phase", "depth_to_space", "conv_transpose")
+
+
+def add_model_args(parser: Any, *, dtype: bool = True) -> None:
+  """The model-shape options every model benchmark takes: --model, --batch, --size, [--dtype],
+  --threads (torch.set_num_threads; XLA sizes its own pool), --deconv."""
+  parser.add_argument("--model", default="full", choices=("tiny", "full"))
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--size", type=int, default=256)
+  if dtype:
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
+  parser.add_argument("--deconv", default="four_phase", choices=DECONV_FORMULATIONS)
