@@ -161,7 +161,8 @@ def _run_stage(config, model, skeleton, mesh, checkpointer, writer, sigterm, tx,
                stage, stage_step, num_steps, scfg, is_chief) -> dict[str, Any]:
   """Runs one stage from `stage_step` to `num_steps`; returns the final variables."""
   replicated = parallel.replicated_sharding(mesh)
-  step_fn = make_train_step(model, tx, config, skeleton, stage, num_steps, schedule)
+  stage_start = int(parallel.to_host(state.step)) - stage_step  # global step at which this stage began
+  step_fn = make_train_step(model, tx, config, skeleton, stage, stage_start, num_steps, schedule)
   train_step = jax.jit(step_fn, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                        out_shardings=(replicated, replicated), donate_argnums=0)
   ckpt_every = config.checkpoint.every_steps

@@ -42,9 +42,10 @@ class TrainState:
 
 
 def make_train_step(model: Any, tx: optax.GradientTransformation, cfg: Any, skeleton: Skeleton,
-                    stage: int, stage_steps: int, schedule: optax.Schedule | None = None
+                    stage: int, stage_start: int, stage_steps: int, schedule: optax.Schedule | None = None
                     ) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-  """Builds the pure train step of `stage` (1 or 2); `stage_steps` drives the bone-sigma annealing."""
+  """Builds the pure train step of `stage` (1 or 2), which began at global step `stage_start`;
+  `stage_steps` (its length) drives the bone-sigma annealing."""
   weights = dict(cfg.loss_weights)
   target_cfg = {**dict(cfg.targets), "depth_bins": cfg.data.depth_bins, "heatmap_size": cfg.data.output_size}
 
@@ -53,8 +54,7 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, cfg: Any, skel
     outputs, updates = model.apply(variables, batch["image"], batch["bbox"], train=(stage == 1),
                                    lifter_train=(stage == 2), mutable=["batch_stats"])
     if stage == 1:
-      # Stage 1 starts at global step 0, so the global step is the stage step here.
-      progress = state.step.astype(jnp.float32) / max(stage_steps, 1)
+      progress = (state.step - stage_start).astype(jnp.float32) / max(stage_steps, 1)
       targets = targets_lib.make_stage1_targets(batch, skeleton, target_cfg, progress=progress)
       total, terms = losses_lib.stage1_loss(outputs, targets, batch, weights)
       terms["bone_sigma"] = targets["bone_sigma"]
@@ -69,18 +69,11 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, cfg: Any, skel
     metrics = {"loss": total, **{(k if k == "bone_sigma" else f"loss/{k}"): v for k, v in terms.items()},
                "grad_norm": optax.global_norm(grads)}
     if schedule is not None:
-      metrics["learning_rate"] = schedule(_stage_count(opt_state))
+      metrics["learning_rate"] = schedule(state.step - stage_start)  # the rate this update used
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
     return new_state, metrics
 
   return train_step
-
-
-def _stage_count(opt_state: Any) -> jax.Array:
-  """The schedule's step counter inside the (multi_transform'ed) Adam state."""
-  counts = [x.count for x in jax.tree_util.tree_leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)) if isinstance(x, optax.ScaleByAdamState)]
-  return counts[0] if counts else jnp.zeros((), jnp.int32)
 
 
 def make_predict_step(model: Any, skeleton: Skeleton, flip_test: bool) -> Callable[..., dict[str, jax.Array]]:
