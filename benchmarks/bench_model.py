@@ -304,6 +304,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
+  common.apply_model_args(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   # XLA:CPU runs with denormals flushed to zero; give PyTorch the same (its fastest) setting.
@@ -323,7 +324,7 @@ def main(argv=None) -> dict[str, Any]:
   programs = jax_programs(model, variables, images, boxes, modes)
   record: dict[str, Any] = {
       "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
-      "dtype": args.dtype, "deconv": args.deconv, "threads": args.threads, "warmup": args.warmup,
+      "dtype": args.dtype, "deconv": args.deconv, "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
       "repeats": args.repeats, "torch_compile": args.torch_compile,
       "loss": "sum_k mean(out_k^2) for k in bone/joint heatmaps, depth volume, ordinal logits, joint volumes"
               " + mean|coords| + mean|pose_3d|; Adam lr 1e-3",

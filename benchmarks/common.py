@@ -127,7 +127,8 @@ DECONV_FORMULATIONS = ("four_phase", "depth_to_space", "conv_transpose")
 
 def add_model_args(parser: Any, *, dtype: bool = True) -> None:
   """The model-shape options every model benchmark takes: --model, --batch, --size, [--dtype],
-  --threads (torch.set_num_threads; XLA sizes its own pool), --deconv."""
+  --threads (torch.set_num_threads; XLA sizes its own pool), --deconv, --conv-grad (see
+  apply_model_args)."""
   parser.add_argument("--model", default="full", choices=("tiny", "full"))
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--size", type=int, default=256)
@@ -135,3 +136,11 @@ def add_model_args(parser: Any, *, dtype: bool = True) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
   parser.add_argument("--deconv", default="four_phase", choices=DECONV_FORMULATIONS)
+  parser.add_argument("--conv-grad", default="auto", choices=("auto", "taps", "xla"),
+                      help="how convolution kernel gradients are computed on CPU (models/conv_ops.py)")
+
+
+def apply_model_args(args: Any) -> None:
+  """Applies the options that are process-wide switches rather than model attributes (--conv-grad)."""
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  conv_ops.CPU_KERNEL_GRAD = args.conv_grad

@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cascaded_lift.models import conv_ops
 from cascaded_lift.models.blocks import HEAD_INIT, Initializer
 
 Dtype = Any
@@ -50,8 +51,7 @@ def four_phase(x: jnp.ndarray, kernel: jnp.ndarray) -> jnp.ndarray:
     cols = []
     for b in (0, 1):
       window = xp[:, a:a + h + 1, b:b + w + 1]
-      cols.append(jax.lax.conv_general_dilated(window, kernel[a::2, b::2], (1, 1), "VALID",
-                                               dimension_numbers=_DN))
+      cols.append(conv_ops.conv2d(window, kernel[a::2, b::2], 1, ((0, 0), (0, 0)), 1))
     rows.append(jnp.stack(cols, axis=3))  # (B, H, W, 2b, C)
   return _interleave(jnp.stack(rows, axis=3))  # (B, H, W, 2a, 2b, C)
 

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cascaded_lift.models.blocks import BACKBONE_INIT, BasicBlock, Bottleneck, Initializer, batch_norm, conv
+from cascaded_lift.models.blocks import (BACKBONE_INIT, BasicBlock, Bottleneck, Initializer, batch_norm, conv,
+                                         max_pool)
 
 Dtype = Any
 
@@ -63,7 +64,7 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     x = conv(self.width, 7, stride=2, init=self.kernel_init, name="conv1", **kw)(x)
     x = nn.relu(batch_norm(train, name="bn1", **kw)(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, 1)
     for i, n in enumerate(sizes):
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1

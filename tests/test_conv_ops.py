@@ -1,0 +1,113 @@
+"""The CPU-friendly ops: conv_ops.conv2d (the same operator and gradients as a convolution, checked
+against PyTorch's conv2d and a NumPy loop for the kernel gradient) and blocks.max_pool (a NumPy loop)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cascaded_lift.models import conv_ops
+
+CASES = [  # kernel, stride, dilation, padding, in channels
+    (3, 1, 1, 1, 5),
+    (3, 2, 1, 1, 4),   # strided, odd input size: the last window must stop inside the padded input
+    (3, 1, 4, 4, 3),   # atrous, as in the ASPP block
+    (7, 2, 1, 3, 3),   # the ResNet stem
+    (2, 1, 1, 0, 6),   # a four-phase deconvolution tap
+    (1, 2, 1, 0, 4),
+]
+
+
+@pytest.fixture(params=["taps", "xla"])
+def kernel_grad(request):
+  """Runs a test with each way of computing the kernel gradient on CPU, then restores the setting."""
+  old = conv_ops.CPU_KERNEL_GRAD
+  conv_ops.CPU_KERNEL_GRAD = request.param
+  yield request.param
+  conv_ops.CPU_KERNEL_GRAD = old
+
+
+def _case(k, c, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(2, 11, 9, c)).astype(np.float32), rng.normal(size=(k, k, c, 7)).astype(np.float32))
+
+
+@pytest.mark.parametrize("k,s,d,p,c", CASES)
+def test_conv2d_matches_torch_forward_and_gradients(k, s, d, p, c, kernel_grad):
+  torch = pytest.importorskip("torch")
+  x, w = _case(k, c)
+  xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+  wt = torch.tensor(w.transpose(3, 2, 0, 1), requires_grad=True)
+  yt = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p, dilation=d)
+  cot = np.random.default_rng(1).normal(size=yt.shape).astype(np.float32)
+  (yt * torch.from_numpy(cot)).sum().backward()
+  f = lambda x, w: conv_ops.conv2d(x, w, s, ((p, p), (p, p)), d)  # noqa: E731
+  y = jax.jit(f)(x, w)
+  np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+  gx, gw = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot.transpose(0, 2, 3, 1)), argnums=(0, 1)))(x, w)
+  np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_gradient_matches_a_numpy_loop(kernel_grad):
+  k, s, d, p, c = 3, 2, 2, 2, 3
+  x, w = _case(k, c, seed=3)
+  y = conv_ops.xla_conv2d(jnp.asarray(x), jnp.asarray(w), s, ((p, p), (p, p)), d)
+  dy = np.random.default_rng(4).normal(size=y.shape).astype(np.float32)
+  xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(np.float64)
+  ref = np.zeros(w.shape)
+  for i in range(k):
+    for j in range(k):
+      for h in range(dy.shape[1]):
+        for v in range(dy.shape[2]):
+          ref[i, j] += xp[:, h * s + i * d, v * s + j * d, :].T @ dy[:, h, v, :]
+  grad = lambda: jax.jit(jax.grad(lambda w: jnp.sum(  # noqa: E731
+      conv_ops.conv2d(jnp.asarray(x), w, s, ((p, p), (p, p)), d) * dy)))(jnp.asarray(w))
+  np.testing.assert_allclose(grad(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_uses_taps_only_for_wide_dilated_or_phase_kernels(monkeypatch):
+  monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", "auto")
+  assert conv_ops._prefer_taps((3, 3, 256, 256), dilation=4)
+  assert conv_ops._prefer_taps((2, 2, 256, 256), dilation=1)
+  assert not conv_ops._prefer_taps((3, 3, 256, 256), dilation=1)
+  assert not conv_ops._prefer_taps((2, 2, 128, 32), dilation=1)
+
+  def grad_program(cout):
+    f = lambda w: jnp.sum(conv_ops.conv2d(jnp.ones((1, 9, 9, 128)), w, 1, ((0, 0), (0, 0)), 1))  # noqa: E731
+    return str(jax.make_jaxpr(jax.grad(f))(jnp.ones((2, 2, 128, cout))))
+
+  # The CPU branch of platform_dependent holds the tap products only where auto chose taps.
+  assert "dot_general" in grad_program(128)
+  assert "dot_general" not in grad_program(32)
+
+
+def test_bfloat16_gradients_keep_their_dtype_and_track_float32(kernel_grad):
+  x, w = _case(3, 8)
+  loss = lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1).astype(jnp.float32) ** 2)  # noqa: E731
+  g32 = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
+  g16 = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16))
+  for a, b in zip(g16, g32):
+    assert a.dtype == jnp.bfloat16
+    assert np.linalg.norm(np.asarray(a, np.float32) - b) / np.linalg.norm(b) < 3e-2
+
+
+@pytest.mark.parametrize("window,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
+def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window, stride, pad):
+  from cascaded_lift.models.blocks import max_pool  # pylint: disable=g-import-not-at-top
+  x = np.random.default_rng(5).normal(size=(2, 13, 10, 3)).astype(np.float32)  # no ties
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
+  ho, wo = (13 + 2 * pad - window) // stride + 1, (10 + 2 * pad - window) // stride + 1
+  ref = np.zeros((2, ho, wo, 3), np.float32)
+  grad_ref = np.zeros_like(xp)
+  for b in range(2):
+    for i in range(ho):
+      for j in range(wo):
+        for c in range(3):
+          win = xp[b, i * stride:i * stride + window, j * stride:j * stride + window, c]
+          ref[b, i, j, c] = win.max()
+          a, k = np.unravel_index(np.argmax(win), win.shape)
+          grad_ref[b, i * stride + a, j * stride + k, c] += np.cos(win.max())
+  np.testing.assert_array_equal(max_pool(jnp.asarray(x), window, stride, pad), ref)
+  grad = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, stride, pad))))(jnp.asarray(x))
+  np.testing.assert_allclose(grad, grad_ref[:, pad:pad + 13, pad:pad + 10], rtol=1e-6, atol=1e-6)
