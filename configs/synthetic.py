@@ -5,13 +5,17 @@
 Builds the synthetic 'studio' set (128x128 frames, 12000 train / 500 test, one focal length) on
 first use, trains a small cascade (ResNet-18 at a quarter width, 128x128 crops, two deconvs to 16x16
 maps, 16 depth bins) through both stages (1700 + 1500 steps), then writes eval/metrics.json and plots.
-Sized to finish in about 8 minutes on 2 CPU cores. Compare mpjpe with mean_pose_mpjpe (the error of
-always predicting the training mean pose) in metrics.json to see how much it learned.
+Sized to finish in about 7.5 minutes on 2 CPU cores (6 min 47 s measured with the dataset already
+built; building it adds about 40 s). Compare mpjpe with mean_pose_mpjpe (the error of always
+predicting the training mean pose) in metrics.json to see how much it learned.
+
+Measured (2-core CPU, 2026-11-25): MPJPE 165-167 mm, PA-MPJPE 138-139 mm, 3DPCK 58 % against a mean
+pose of 294.6 mm (ratio 0.57; the goal of issue 6 is 0.5, not reached yet).
 
 No horizontal flips, in training or at test time: the synthetic bodies are drawn with left limbs
 blue and right limbs red, and a mirrored image paired with swapped labels teaches the opposite colour
 rule half the time. With flips the stage-1 voxel error stalls at about 0.79 per axis (x worst); without
-them it reaches about 0.66 and the MPJPE drops from about 200 mm to about 175 mm (same schedule). Real
+them it reaches about 0.66 and the MPJPE drops from about 200 mm to 177 mm (same 1500 + 1500 steps). Real
 datasets keep the paper's flips (configs/h36m.py): people do not come colour-coded.
 
 Stage 2 uses batch 32 and learning rate 3e-3: measured on the same stage-1 network, it gives a better

@@ -24,6 +24,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage1.batch_size = 8
   c.stage1.num_steps = 4
   c.stage1.decay_epochs = (0.5,)
+  # Tests exercise the paper's flips (in training and at test time), which the synthetic main job turns
+  # off for its colour-coded limbs, and the default stage-2 learning rate.
+  c.data.augment.flip_prob = 0.5
+  c.eval.flip_test = True
+  c.stage2.learning_rate = 1e-3
   c.stage2.batch_size = 8
   c.stage2.num_steps = 2
   c.stage2.decay_epochs = (0.5,)
