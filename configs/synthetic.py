@@ -58,12 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.augment.occlusion_prob = 0.0
   c.data.augment.rotation = 15.0
   c.data.augment.scale = 0.15
+  c.data.augment.flip_prob = 0.0  # limbs are colour-coded by side: see the docstring
+  c.eval.flip_test = False
   c.targets.sigma = 1.0
   c.targets.bone_sigma_start = 2.0
   c.targets.bone_sigma_end = 1.0
   c.stage1.batch_size = 32
-  c.data.augment.flip_prob = 0.0  # limbs are colour-coded by side: see the docstring
-  c.eval.flip_test = False
   c.stage1.num_steps = 1700
   c.stage1.decay_epochs = (3.6266,)  # in epochs of 375 steps: decay at step 1360
   c.stage2.batch_size = 32

@@ -5,6 +5,7 @@
 
 import ml_collections
 
+from configs import default
 from configs import synthetic
 
 
@@ -26,9 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage1.decay_epochs = (0.5,)
   # Tests exercise the paper's flips (in training and at test time), which the synthetic main job turns
   # off for its colour-coded limbs, and the default stage-2 learning rate.
-  c.data.augment.flip_prob = 0.5
-  c.eval.flip_test = True
-  c.stage2.learning_rate = 1e-3
+  paper = default.get_config()
+  c.data.augment.flip_prob = paper.data.augment.flip_prob
+  c.eval.flip_test = paper.eval.flip_test
+  c.stage2.learning_rate = paper.stage2.learning_rate
   c.stage2.batch_size = 8
   c.stage2.num_steps = 2
   c.stage2.decay_epochs = (0.5,)

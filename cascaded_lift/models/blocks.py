@@ -97,14 +97,13 @@ def max_pool(x: jnp.ndarray, window: int, stride: int, padding: int) -> jnp.ndar
   (lax.max's rule) instead of going to one element; after a ReLU the only likely ties are zeros, whose
   gradient the ReLU discards either way.
   """
-  b, h, w, c = x.shape
+  _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
   ho, wo = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
   out = None
   for i in range(window):
     for j in range(window):
-      tap = jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-                          (1, stride, stride, 1))
+      tap = conv_ops.strided_tap(xp, i, j, ho, wo, stride)
       out = tap if out is None else jnp.maximum(out, tap)
   return out
 

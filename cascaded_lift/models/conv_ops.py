@@ -42,8 +42,16 @@ def _prefer_taps(kernel_shape: tuple[int, ...], dilation: int) -> bool:
   return cin * cout >= _TAPS_MIN_CHANNEL_PRODUCT and (dilation > 1 or (kh, kw) == (2, 2))
 
 
+def strided_tap(xp: jax.Array, row: int, col: int, out_h: int, out_w: int, stride: int) -> jax.Array:
+  """The (B, out_h, out_w, C) window of padded NHWC `xp` that one kernel tap at (row, col) reads."""
+  b, _, _, c = xp.shape
+  return jax.lax.slice(xp, (0, row, col, 0), (b, row + (out_h - 1) * stride + 1, col + (out_w - 1) * stride + 1, c),
+                       (1, stride, stride, 1))
+
+
 def xla_conv2d(x: jax.Array, kernel: jax.Array, stride: int, padding: tuple[tuple[int, int], tuple[int, int]],
-          dilation: int) -> jax.Array:
+               dilation: int) -> jax.Array:
+  """lax.conv_general_dilated in NHWC / HWIO with explicit padding; XLA's own gradients."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                       rhs_dilation=(dilation, dilation), dimension_numbers=_DN)
 
@@ -52,16 +60,11 @@ def _kernel_grad_by_taps(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, .
                          padding: tuple[tuple[int, int], tuple[int, int]], dilation: int) -> jax.Array:
   """dL/dK (kh, kw, C, F) as kh * kw matrix products; accumulates in float32."""
   kh, kw = kernel_shape[:2]
-  b, ho, wo, _ = dy.shape
+  _, ho, wo, _ = dy.shape
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      r0, c0 = i * dilation, j * dilation
-      xs = jax.lax.slice(xp, (0, r0, c0, 0), (b, r0 + (ho - 1) * stride + 1, c0 + (wo - 1) * stride + 1,
-                                               xp.shape[3]), (1, stride, stride, 1))
-      taps.append(jax.lax.dot_general(xs, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                      preferred_element_type=jnp.float32))
+  taps = [jax.lax.dot_general(strided_tap(xp, i * dilation, j * dilation, ho, wo, stride), dy,
+                              (((0, 1, 2), (0, 1, 2)), ((), ())), preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
   return jnp.stack(taps).reshape(kernel_shape)
 
 
@@ -72,10 +75,12 @@ def _kernel_grad_xla(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
   return vjp(dy)[0].astype(jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
            padding: tuple[tuple[int, int], tuple[int, int]], dilation: int) -> jax.Array:
   """(B, H, W, C) conv (kh, kw, C, F) -> (B, H', W', F); same operator as lax.conv_general_dilated.
+
+  Where CPU_KERNEL_GRAD picks the tap products for this kernel, the convolution carries a custom VJP
+  that uses them on CPU; elsewhere it is plain xla_conv2d with XLA's own gradients.
 
   Args:
     x: NHWC input.
@@ -84,6 +89,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
     padding: ((top, bottom), (left, right)) explicit zero padding.
     dilation: kernel (atrous) dilation (both axes).
   """
+  if _prefer_taps(kernel.shape, dilation):
+    return _conv2d_tap_grad(x, kernel, stride, padding, dilation)
+  return xla_conv2d(x, kernel, stride, padding, dilation)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d_tap_grad(x: jax.Array, kernel: jax.Array, stride: int,
+                     padding: tuple[tuple[int, int], tuple[int, int]], dilation: int) -> jax.Array:
   return xla_conv2d(x, kernel, stride, padding, dilation)
 
 
@@ -96,11 +109,9 @@ def _conv2d_bwd(stride, padding, dilation, residuals, dy):
   _, input_vjp = jax.vjp(lambda v: xla_conv2d(v, kernel, stride, padding, dilation), x)
   dx = input_vjp(dy)[0]
   args = (kernel.shape, stride, padding, dilation)
-  cpu_impl = _kernel_grad_by_taps if _prefer_taps(kernel.shape, dilation) else _kernel_grad_xla
-  dk = jax.lax.platform_dependent(
-      x, dy, cpu=lambda a, g: cpu_impl(a, g, *args),
-      default=lambda a, g: _kernel_grad_xla(a, g, *args))
+  dk = jax.lax.platform_dependent(x, dy, cpu=lambda a, g: _kernel_grad_by_taps(a, g, *args),
+                                  default=lambda a, g: _kernel_grad_xla(a, g, *args))
   return dx, dk.astype(kernel.dtype)
 
 
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+_conv2d_tap_grad.defvjp(_conv2d_fwd, _conv2d_bwd)
