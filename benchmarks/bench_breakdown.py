@@ -69,7 +69,7 @@ def jax_parts(cfg: dict[str, Any], variables: dict[str, Any], deconv: str) -> di
     return ctx2, feat, hm, vol
 
   def vol_head(pp, ss, ctx2, feat):
-    return soft_argmax_3d(run(volumetric, "volumetric", pp, ss, ctx2, feat))
+    return soft_argmax_3d(run(volumetric, "volumetric", pp, ss, ctx2, feat), layout="BHWJD")
 
   def deconv_layer(i):
     layer = Deconv(w, formulation=deconv)

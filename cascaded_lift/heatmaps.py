@@ -20,28 +20,49 @@ from cascaded_lift.skeleton import Skeleton
 Array = Any
 
 
-def _expectation(marginal: jax.Array) -> jax.Array:
-  """sum_i i * p_i over the last axis (0-based indices)."""
-  idx = jnp.arange(marginal.shape[-1], dtype=jnp.float32)
-  return jnp.sum(marginal * idx, axis=-1)
+# Axis positions of (x, y, z) in each accepted volume layout: x runs over W, y over H, z over D.
+_LAYOUT_AXES = {"BJDHW": (4, 3, 2), "BHWJD": (2, 1, 4)}
 
 
-def soft_argmax_3d(volumes: Array) -> jax.Array:
+def _soft_argmax(logits: Array, axes: tuple[int, ...]) -> jax.Array:
+  """Expected index along each of `axes` under one softmax over all of them jointly.
+
+  Fused form: exp(logits - max) is summed into each marginal and divided by the total once, so the
+  normalised probability tensor is never materialised and no axis needs to be moved (the per-joint
+  volumes stay in the layout the 1x1 convolution produced them in).
+
+  Returns:
+    (..., len(axes)) float32 (float64 for float64 input): the remaining axes in their order, then one coordinate per entry of axes.
+  """
+  x = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # float32 at least
+  # The max only guards exp against overflow; it cancels in the ratio, so no gradient flows through it.
+  shifted = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=axes, keepdims=True)))
+  total = jnp.sum(shifted, axis=axes)
+  coords = []
+  for a in axes:
+    idx_shape = [1] * x.ndim
+    idx_shape[a] = x.shape[a]
+    idx = jnp.arange(x.shape[a], dtype=x.dtype).reshape(idx_shape)
+    coords.append(jnp.sum(shifted * idx, axis=axes) / total)
+  return jnp.stack(coords, axis=-1)
+
+
+def soft_argmax_3d(volumes: Array, layout: str = "BJDHW") -> jax.Array:
   """Soft-argmax over each joint's whole volume.
 
   Args:
-    volumes: (B, J, D, H, W) logits, any float dtype.
+    volumes: logits, any float dtype: (B, J, D, H, W) for layout "BJDHW" (the model's public
+      'joint_volumes'), or (B, H, W, J, D) for "BHWJD" (the volumetric head's channels, joint-major,
+      as the 1x1 convolution writes them; the model uses this one and avoids a transpose).
+    layout: "BJDHW" or "BHWJD".
   Returns:
     (B, J, 3) float32 expected (x, y, z) voxel indices: x over W, y over H, z over D.
   """
+  if layout not in _LAYOUT_AXES:
+    raise ValueError(f"soft_argmax_3d: layout must be one of {sorted(_LAYOUT_AXES)}, got {layout!r}")
   if volumes.ndim != 5:
-    raise ValueError(f"soft_argmax_3d: expected volumes (B, J, D, H, W), got shape {volumes.shape}")
-  b, j, d, h, w = volumes.shape
-  prob = jax.nn.softmax(volumes.astype(jnp.float32).reshape(b, j, d * h * w), axis=-1).reshape(b, j, d, h, w)
-  x = _expectation(jnp.sum(prob, axis=(2, 3)))
-  y = _expectation(jnp.sum(prob, axis=(2, 4)))
-  z = _expectation(jnp.sum(prob, axis=(3, 4)))
-  return jnp.stack([x, y, z], axis=-1)
+    raise ValueError(f"soft_argmax_3d: expected volumes ({', '.join(layout)}), got shape {volumes.shape}")
+  return _soft_argmax(volumes, _LAYOUT_AXES[layout])
 
 
 def soft_argmax_2d(maps: Array) -> jax.Array:
@@ -54,9 +75,7 @@ def soft_argmax_2d(maps: Array) -> jax.Array:
   """
   if maps.ndim != 4:
     raise ValueError(f"soft_argmax_2d: expected maps (B, J, H, W), got shape {maps.shape}")
-  b, j, h, w = maps.shape
-  prob = jax.nn.softmax(maps.astype(jnp.float32).reshape(b, j, h * w), axis=-1).reshape(b, j, h, w)
-  return jnp.stack([_expectation(jnp.sum(prob, axis=2)), _expectation(jnp.sum(prob, axis=3))], axis=-1)
+  return _soft_argmax(maps, (3, 2))
 
 
 def lifting_input(coords: Array, boxes: Array, depth_bins: int, output_size: int | tuple[int, int],

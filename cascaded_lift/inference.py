@@ -396,7 +396,7 @@ class Predictor(BasePredictor):
     self.skeleton = skeleton_lib.get_skeleton(config.skeleton)
     crop = pipeline.crop_config(config.data)  # the evaluation pipeline's crop size and box enlargement
     self.image_size = int(crop.image_size)
-    self.output_size = self.image_size // 32 * 2 ** self.model.num_deconvs
+    self.output_size = self.model.output_size(self.image_size)
     self.bbox_scale = float(crop.bbox_scale)
     if flip_test is None:
       flip_test = bool(config.get("eval", {}).get("flip_test", True))

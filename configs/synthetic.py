@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
       resnet_depth=18, resnet_width=16, head_width=32, bone_width=16, lifter_width=256, lifter_blocks=2,
       lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="four_phase",
       volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1,
-      num_deconvs=2))  # 128 px input, stride 32 -> 4x4 C5, two deconvs -> 16x16 maps (stride 8)
+      resnet_output_stride=32, num_deconvs=2))  # 128 px input, stride 32 -> 4x4 C5, two deconvs -> 16x16 maps (stride 8)
   c.data.train_3d = data_config.source_config("synthetic", "train", "studio")
   c.data.train_2d = None
   c.data.eval = data_config.source_config("synthetic", "test", "studio")

@@ -206,17 +206,20 @@ def test_resnet_weights_from_file_fill_only_the_backbone(tmp_path, suffix):
   _assert_trees_equal(_subset(new, rest), _subset(target, rest))
 
 
-def test_torchvision_resnet18_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("depth,stage_sizes,output_stride", [
+    (18, None, 32), (18, None, 16), (50, (1, 1, 1, 2), 16)])
+def test_torchvision_resnet_matches_pytorch(tmp_path, depth, stage_sizes, output_stride):
+  # output_stride 16 is torchvision's replace_stride_with_dilation for the last stage (C5 at S / 16).
   torch = pytest.importorskip("torch")
   from torch_spec_model import ResNetBackbone, randomize_  # pylint: disable=g-import-not-at-top
-  net = ResNetBackbone(18, width=8)
+  net = ResNetBackbone(depth, width=8, stage_sizes=stage_sizes, dilate_last=output_stride == 16)
   randomize_(net, seed=1)
   net.eval()
   sd = dict(net.state_dict())
-  sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 64), torch.zeros(1000)  # as torchvision ships it
-  path = tmp_path / "resnet18.pth"
+  sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, net.out_channels), torch.zeros(1000)  # as torchvision ships it
+  path = tmp_path / f"resnet{depth}.pth"
   torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
-  model = ResNet(18, width=8)
+  model = ResNet(depth, width=8, stage_sizes=stage_sizes, output_stride=output_stride)
   template = jax.eval_shape(lambda k: model.init(k, jnp.zeros((1, 64, 64, 3)), train=False), jax.random.key(0))
   variables = convert.load_resnet_into(template, path)
   x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
@@ -224,7 +227,8 @@ def test_torchvision_resnet18_matches_pytorch(tmp_path):
       {"params": variables["params"], "batch_stats": variables["batch_stats"]}, x)
   with torch.no_grad():
     want = net(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy().transpose(0, 2, 3, 1)
-  assert got.shape == want.shape == (2, 2, 2, 64)
+  c5 = 64 // output_stride
+  assert got.shape == want.shape == (2, c5, c5, net.out_channels)
   assert np.linalg.norm(np.asarray(got) - want) / np.linalg.norm(want) < 1e-5
   exported = convert.export_resnet(variables)
   assert set(exported) == {k for k in sd if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}

@@ -45,6 +45,24 @@ def test_soft_argmax_3d_matches_numpy_loop():
   np.testing.assert_allclose(np.asarray(got), _numpy_soft_argmax_3d(vol), rtol=1e-5, atol=1e-5)
 
 
+def test_soft_argmax_3d_channels_last_layout_matches_numpy_loop():
+  # The model's layout (B, H, W, J, D): the same volumes, axes moved, must give the same coordinates.
+  vol = np.random.default_rng(6).normal(0, 2, (2, 3, 4, 5, 6)).astype(np.float32)  # (B, J, D, H, W)
+  got = heatmaps.soft_argmax_3d(jnp.asarray(vol.transpose(0, 3, 4, 1, 2)), layout="BHWJD")
+  chex.assert_shape(got, (2, 3, 3))
+  np.testing.assert_allclose(np.asarray(got), _numpy_soft_argmax_3d(vol), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="layout"):
+    heatmaps.soft_argmax_3d(jnp.asarray(vol), layout="BDHWJ")
+
+
+@pytest.mark.parametrize("layout", ["BJDHW", "BHWJD"])
+def test_soft_argmax_3d_gradient_matches_finite_differences(layout):
+  with jax.enable_x64():  # finite differences need float64 to resolve a 1e-6 tolerance
+    vol = jnp.asarray(np.random.default_rng(7).normal(0, 1, (1, 2, 3, 4, 3)), jnp.float64)
+    jax.test_util.check_grads(lambda v: heatmaps.soft_argmax_3d(v, layout=layout), (vol,), order=1,
+                              modes=("rev",), atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_soft_argmax_3d_gaussian_blob_returns_centre(dtype):
   d, h, w = 32, 24, 28

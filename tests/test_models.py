@@ -99,11 +99,13 @@ def test_resnet_trunk_counts_match_torchvision(depth, count):
     (dict(TINY, dtype=jnp.bfloat16), 64, 2),
     (dict(TINY, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16), 64, 2),
     (dict(TINY, num_deconvs=2), 64, 2),
+    (dict(TINY, resnet_output_stride=16, num_deconvs=1), 96, 2),  # C5 6 x 6 -> 12 x 12 heatmaps
 ])
 def test_output_shapes_and_dtypes(kwargs, size, batch):
   model = CascadedLiftNet(**kwargs)
   j, nb, d = model.num_joints, model.num_bones, model.depth_bins
-  h = size // 32 * 2 ** model.num_deconvs
+  h = size // model.resnet_output_stride * 2 ** model.num_deconvs
+  assert model.output_size(size) == h
   variables = _template(model, size)
   out = jax.eval_shape(functools.partial(model.apply, train=True, mutable=["batch_stats"]), variables,
                        jnp.zeros((batch, size, size, 3), jnp.uint8), jnp.zeros((batch, 4)))[0]
@@ -323,3 +325,19 @@ def test_parity_with_pytorch_spec_model():
     assert err < 1e-4, f"{k}: relative error {err:.2e}"
   # The soft-argmax is not degenerate (coordinates spread over the map), so the comparison has teeth.
   assert np.std(np.asarray(out["coords"])[..., 0]) > 0.5
+
+
+def test_crop_and_heatmap_sizes_are_checked_against_the_model():
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.training.builders import build_model, check_heatmap_size  # pylint: disable=g-import-not-at-top
+  cfg = tiny.get_config()
+  model = build_model(cfg)
+  check_heatmap_size(cfg, model)
+  assert model.output_size(cfg.data.image_size) == cfg.data.output_size
+  cfg.data.output_size *= 2  # a stride-2 heatmap is not what three deconvs from C5 make
+  with pytest.raises(ValueError, match=r"data.output_size 16 .*image_size / 4 = 8"):
+    check_heatmap_size(cfg, model)
+  cfg = tiny.get_config()
+  cfg.data.image_size = 48  # not a multiple of the stride-32 C5
+  with pytest.raises(ValueError, match="multiple of model.resnet_output_stride"):
+    build_model(cfg)

@@ -20,12 +20,12 @@ STD = (58.395, 57.12, 57.375)
 class Bottleneck(nn.Module):
   expansion = 4
 
-  def __init__(self, inplanes: int, planes: int, stride: int = 1):
+  def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1):
     super().__init__()
     out = planes * 4
     self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
     self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
     self.bn2 = nn.BatchNorm2d(planes)
     self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
     self.bn3 = nn.BatchNorm2d(out)
@@ -43,11 +43,11 @@ class Bottleneck(nn.Module):
 class BasicBlock(nn.Module):
   expansion = 1
 
-  def __init__(self, inplanes: int, planes: int, stride: int = 1):
+  def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1):
     super().__init__()
-    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+    self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False)
     self.bn1 = nn.BatchNorm2d(planes)
-    self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+    self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
     self.bn2 = nn.BatchNorm2d(planes)
     self.downsample = None
     if stride != 1 or inplanes != planes:
@@ -65,9 +65,14 @@ _SPECS = {18: (BasicBlock, (2, 2, 2, 2)), 34: (BasicBlock, (3, 4, 6, 3)), 50: (B
 
 
 class ResNetBackbone(nn.Module):
-  """torchvision-named ResNet without avgpool/fc; forward returns C5."""
+  """torchvision-named ResNet without avgpool/fc; forward returns C5.
 
-  def __init__(self, depth: int = 50, width: int = 64, stage_sizes=None):
+  dilate_last: torchvision's replace_stride_with_dilation=[False, False, True] (C5 at stride 16): the
+  last stage's first block keeps dilation 1 and loses its stride, the later blocks' 3x3 convs get
+  dilation 2 (torchvision allows this for Bottleneck only; BasicBlock here dilates both its 3x3 convs).
+  """
+
+  def __init__(self, depth: int = 50, width: int = 64, stage_sizes=None, dilate_last: bool = False):
     super().__init__()
     block, sizes = _SPECS[depth]
     sizes = stage_sizes or sizes
@@ -78,8 +83,10 @@ class ResNetBackbone(nn.Module):
     for i, n in enumerate(sizes):
       planes = width * 2 ** i
       blocks = []
+      dilate = dilate_last and i == len(sizes) - 1
       for j in range(n):
-        blocks.append(block(inplanes, planes, 2 if (i > 0 and j == 0) else 1))
+        stride = 2 if (i > 0 and j == 0 and not dilate) else 1
+        blocks.append(block(inplanes, planes, stride, 2 if (dilate and j > 0) else 1))
         inplanes = planes * block.expansion
       setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
     self.out_channels = inplanes

@@ -124,6 +124,7 @@ class Bottleneck(nn.Module):
 
   planes: int
   stride: int = 1
+  dilation: int = 1
   expansion: int = 4
   kernel_init: Initializer = HEAD_INIT
   dtype: Dtype = jnp.float32
@@ -136,7 +137,7 @@ class Bottleneck(nn.Module):
     out_ch = self.planes * self.expansion
     y = conv(self.planes, 1, name="conv1", **kw)(x)
     y = nn.relu(batch_norm(train, name="bn1", **bn)(y))
-    y = conv(self.planes, 3, stride=self.stride, name="conv2", **kw)(y)
+    y = conv(self.planes, 3, stride=self.stride, dilation=self.dilation, name="conv2", **kw)(y)
     y = nn.relu(batch_norm(train, name="bn2", **bn)(y))
     y = conv(out_ch, 1, name="conv3", **kw)(y)
     y = batch_norm(train, name="bn3", **bn)(y)
@@ -152,6 +153,7 @@ class BasicBlock(nn.Module):
 
   planes: int
   stride: int = 1
+  dilation: int = 1
   expansion: int = 1
   kernel_init: Initializer = BACKBONE_INIT
   dtype: Dtype = jnp.float32
@@ -161,9 +163,9 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     kw = dict(init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
     bn = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    y = conv(self.planes, 3, stride=self.stride, name="conv1", **kw)(x)
+    y = conv(self.planes, 3, stride=self.stride, dilation=self.dilation, name="conv1", **kw)(x)
     y = nn.relu(batch_norm(train, name="bn1", **bn)(y))
-    y = conv(self.planes, 3, name="conv2", **kw)(y)
+    y = conv(self.planes, 3, dilation=self.dilation, name="conv2", **kw)(y)
     y = batch_norm(train, name="bn2", **bn)(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:

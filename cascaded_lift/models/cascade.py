@@ -47,10 +47,12 @@ class CascadedLiftNet(nn.Module):
     num_joints, num_bones, depth_bins: J, N_bones, D.
     root_index: the root joint (its lifting-input depth is set to 0; u, v are taken relative to it).
     resnet_depth, resnet_width, resnet_stage_sizes: the backbone (see ResNet).
+    resnet_output_stride: C5's stride, 32 (the paper) or 16 (last stage dilated instead of strided:
+      twice the C5 resolution for small inputs, e.g. the CPU main job's 96 px crops).
     head_width: width of F_ctx, F_joint, F_depth and the ASPP branches (256); the volumetric head
       works on 2 * head_width channels.
     bone_width: width of the bone branch's features (128).
-    num_deconvs: deconvs per upsampling branch (3: stride 32 -> 4).
+    num_deconvs: deconvs per upsampling branch (3: stride 32 -> 4); heatmaps are S / output_stride.
     context_bottlenecks, joint_bottlenecks, depth_bottlenecks, volumetric_bottlenecks: block counts
       (2, 2, 1, 3); the bone-joint block has one more bottleneck after the joint heatmaps.
     aspp_dilations: dilations of the ASPP's 3x3 branches.
@@ -67,6 +69,7 @@ class CascadedLiftNet(nn.Module):
   resnet_depth: int = 50
   resnet_width: int = 64
   resnet_stage_sizes: tuple[int, ...] | None = None
+  resnet_output_stride: int = 32
   head_width: int = 256
   bone_width: int = 128
   num_deconvs: int = 3
@@ -84,18 +87,27 @@ class CascadedLiftNet(nn.Module):
   param_dtype: Dtype = jnp.float32
   lifter_dtype: Dtype = jnp.float32
 
+  @property
+  def output_stride(self) -> int:
+    """Input pixels per heatmap pixel: resnet_output_stride / 2 ** num_deconvs (4 for the paper's)."""
+    return self.resnet_output_stride // 2 ** self.num_deconvs
+
+  def output_size(self, image_size: int) -> int:
+    """Heatmap side H = W for S x S input crops."""
+    return image_size // self.output_stride
+
   @nn.compact
   def __call__(self, images: jnp.ndarray, boxes: jnp.ndarray, *, train: bool,
                lifter_train: bool | None = None) -> dict[str, jnp.ndarray]:
     """Runs the network.
 
     Args:
-      images: (B, S, S, 3) RGB on the 0..255 scale, uint8 or float; S divisible by 32.
+      images: (B, S, S, 3) RGB on the 0..255 scale, uint8 or float; S divisible by resnet_output_stride.
       boxes: (B, 4) [x0, y0, w, h] of the crop in the original image, px.
       train: BatchNorm batch statistics (and dropout) for everything but the lifter.
       lifter_train: the same for the lifter; defaults to `train`.
     Returns:
-      dict (H = W = S / 4 for 3 deconvs): 'bone_heatmaps' (B, H, W, N_bones), 'joint_heatmaps'
+      dict (H = W = S / output_stride, S / 4 for the paper's): 'bone_heatmaps' (B, H, W, N_bones), 'joint_heatmaps'
       (B, H, W, J), 'depth_volume' (B, H, W, D), 'ordinal_logits' (B, H, W, D), 'joint_volumes'
       (B, J, D, H, W) in the compute dtype; 'coords' (B, J, 3) voxel (x, y, z), 'lifter_input' (B, 5 J)
       and 'pose_3d' (B, J, 3) root-relative mm in float32.
@@ -109,7 +121,8 @@ class CascadedLiftNet(nn.Module):
 
     # Normalise in float32 so that uint8 input never meets low-precision arithmetic.
     x = (images.astype(jnp.float32) - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
-    c5 = ResNet(self.resnet_depth, self.resnet_width, self.resnet_stage_sizes, name="backbone", **kw)(
+    c5 = ResNet(self.resnet_depth, self.resnet_width, self.resnet_stage_sizes, self.resnet_output_stride,
+            name="backbone", **kw)(
         x.astype(self.dtype), train=train)
 
     up = dict(num_deconvs=self.num_deconvs, formulation=self.deconv_formulation, **kw)
@@ -126,9 +139,9 @@ class CascadedLiftNet(nn.Module):
     volumes = VolumetricHead(self.num_joints, self.depth_bins, self.volumetric_bottlenecks,
                              name="volumetric", **kw)(context, depth, train=train)
 
-    coords = soft_argmax_3d(volumes)
+    coords = soft_argmax_3d(volumes, layout="BHWJD")
     lift_in = jax.lax.stop_gradient(
-        lifting_input(coords, boxes, self.depth_bins, volumes.shape[3:5], self.root_index))
+        lifting_input(coords, boxes, self.depth_bins, volumes.shape[1:3], self.root_index))
     pose_3d = Lifter(self.num_joints, self.lifter_width, self.lifter_blocks, self.lifter_layers_per_block,
                      self.lifter_dropout, dtype=self.lifter_dtype, param_dtype=self.param_dtype,
                      name="lifter")(lift_in, train=lifter_train)
@@ -137,7 +150,7 @@ class CascadedLiftNet(nn.Module):
         "joint_heatmaps": joint_heatmaps,
         "depth_volume": depth_volume,
         "ordinal_logits": ordinal_logits,
-        "joint_volumes": volumes,
+        "joint_volumes": volumes.transpose(0, 3, 4, 1, 2),
         "coords": coords,
         "lifter_input": lift_in,
         "pose_3d": pose_3d,

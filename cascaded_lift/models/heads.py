@@ -128,7 +128,9 @@ class DepthCentricBlock(nn.Module):
 class VolumetricHead(nn.Module):
   """concat(F_ctx', F_depth) (2 width channels) -> bottlenecks -> 1x1 conv (bias) to J * D channels.
 
-  The channels are joint-major (channel j * D + d). Output: (B, J, D, H, W) per-joint volumes.
+  The channels are joint-major (channel j * D + d). Output: (B, H, W, J, D) per-joint volumes, the
+  convolution's own layout (soft_argmax_3d reads it directly with layout="BHWJD"; CascadedLiftNet
+  transposes to (B, J, D, H, W) only for its 'joint_volumes' output, which training never reads).
   """
 
   num_joints: int = 18
@@ -145,4 +147,4 @@ class VolumetricHead(nn.Module):
       x = Bottleneck(x.shape[-1] // 4, name=f"bottleneck{i}", **kw)(x, train=train)
     x = conv(self.num_joints * self.depth_bins, 1, use_bias=True, name="final_conv", **kw)(x)
     b, h, w, _ = x.shape
-    return x.reshape(b, h, w, self.num_joints, self.depth_bins).transpose(0, 3, 4, 1, 2)
+    return x.reshape(b, h, w, self.num_joints, self.depth_bins)

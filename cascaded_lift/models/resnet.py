@@ -42,6 +42,7 @@ class ResNet(nn.Module):
   depth: int = 50
   width: int = 64
   stage_sizes: Sequence[int] | None = None
+  output_stride: int = 32
   kernel_init: Initializer = BACKBONE_INIT
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -65,9 +66,13 @@ class ResNet(nn.Module):
     x = conv(self.width, 7, stride=2, init=self.kernel_init, name="conv1", **kw)(x)
     x = nn.relu(batch_norm(train, name="bn1", **kw)(x))
     x = max_pool(x, 3, 2, 1)
+    if self.output_stride not in (16, 32):
+      raise ValueError(f"ResNet: output_stride must be 16 or 32, got {self.output_stride}")
     for i, n in enumerate(sizes):
+      dilate = self.output_stride == 16 and i == len(sizes) - 1
       for j in range(n):
-        stride = 2 if (i > 0 and j == 0) else 1
-        x = block(self.width * 2 ** i, stride=stride, kernel_init=self.kernel_init, name=f"layer{i + 1}_{j}",
-                  **kw)(x, train=train)
+        stride = 2 if (i > 0 and j == 0 and not dilate) else 1
+        dilation = 2 if (dilate and j > 0) else 1
+        x = block(self.width * 2 ** i, stride=stride, dilation=dilation, kernel_init=self.kernel_init,
+                  name=f"layer{i + 1}_{j}", **kw)(x, train=train)
     return x

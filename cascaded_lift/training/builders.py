@@ -18,9 +18,23 @@ def build_model(config: Any) -> CascadedLiftNet:
   """CascadedLiftNet from config.model (constructor kwargs), config.skeleton and config.dtype."""
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
   kwargs = dict(config.model)
-  return CascadedLiftNet(num_joints=skeleton.num_joints, num_bones=skeleton.num_bones,
-                         depth_bins=config.data.depth_bins, root_index=skeleton.root,
-                         dtype=_DTYPES[config.get("dtype", "float32")], **kwargs)
+  model = CascadedLiftNet(num_joints=skeleton.num_joints, num_bones=skeleton.num_bones,
+                          depth_bins=config.data.depth_bins, root_index=skeleton.root,
+                          dtype=_DTYPES[config.get("dtype", "float32")], **kwargs)
+  if config.data.image_size % model.resnet_output_stride:
+    raise ValueError(f"config: data.image_size {config.data.image_size} must be a multiple of "
+                     f"model.resnet_output_stride ({model.resnet_output_stride})")
+  return model
+
+
+def check_heatmap_size(config: Any, model: CascadedLiftNet) -> None:
+  """Raises unless config.data.output_size (the targets' heatmap side) is what the model outputs."""
+  size, want = config.data.image_size, model.output_size(config.data.image_size)
+  if config.data.output_size != want:
+    raise ValueError(
+        f"config: data.output_size {config.data.output_size} does not fit the model: its heatmaps for "
+        f"data.image_size {size} are image_size / {model.output_stride} = {want} px (model.resnet_output_stride "
+        f"{model.resnet_output_stride}, model.num_deconvs {model.num_deconvs})")
 
 
 def input_shapes(config: Any, batch: int = 1) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:

@@ -24,7 +24,7 @@ from absl import logging
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift import data as data_lib
 from cascaded_lift.training import optim, parallel
-from cascaded_lift.training.builders import build_model, init_variables, load_pretrained
+from cascaded_lift.training.builders import build_model, check_heatmap_size, init_variables, load_pretrained
 from cascaded_lift.training.checkpoints import Checkpointer
 from cascaded_lift.training.step import TrainState, make_train_step
 from cascaded_lift.training.writers import MetricWriter, ProgressBar
@@ -112,6 +112,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
   is_chief = jax.process_index() == 0
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
   model = build_model(config)
+  check_heatmap_size(config, model)
   writer = MetricWriter(workdir, enabled=is_chief)
   checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
                               async_save=config.checkpoint.async_save)
