@@ -35,8 +35,12 @@ class ResNet(nn.Module):
     depth: one of RESNET_SPECS.
     width: channels of the stem and of the first stage's 3x3 convs (64 for the standard nets).
     stage_sizes: blocks per stage, overriding the depth's (e.g. (1, 1, 1, 1) for a shallow test net).
+    output_stride: 32, or 16 to keep C5 at twice the resolution: the last stage drops its stride and
+      its later blocks' 3x3 convs use dilation 2 (torchvision's replace_stride_with_dilation for that
+      stage; the same parameters, so ImageNet weights still load).
     kernel_init: kernel initialiser (He normal fan_out; ImageNet weights come in through convert.py).
-  Input: (B, S, S, 3) normalised images. Output: C5, (B, S/32, S/32, 8 * width * expansion).
+  Input: (B, S, S, 3) normalised images. Output: C5, (B, S/os, S/os, 8 * width * expansion), os the
+  output_stride.
   """
 
   depth: int = 50
