@@ -127,8 +127,6 @@ class Builder(pose_builder.PoseDatasetBuilder):
                       "focal length and subjects 4.5-5.5 m away, like a capture studio (the CPU main job, "
                       "configs/synthetic.py).", width=128, height=128, num_train=12000, num_test=500,
                       focal_range=(1.2, 1.2), depth_range_mm=(4500.0, 5500.0)),
-      SyntheticConfig(name="studio64", description="x", width=128, height=128, num_train=12000, num_test=500,
-                      focal_range=(1.2, 1.2), depth_range_mm=(4500.0, 5500.0), num_train_subjects=64),
       SyntheticConfig(name="hd", description="1000x1000 frames (Human3.6M size), 2000 train / 200 test.",
                       width=1000, height=1000, num_train=2000, num_test=200),
       SyntheticConfig(name="small_2d", description="Like 'small' but 2D-only MPII-style labels (tests "
