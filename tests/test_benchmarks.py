@@ -1,0 +1,45 @@
+"""Tests for the benchmark helpers that classify and time work (benchmarks/ is run as scripts)."""
+
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_ops  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _compiled_text(fn, *args) -> str:
+  return jax.jit(fn).lower(*args).compile().as_text()
+
+
+def test_hlo_classes_names_convolutions_matmuls_and_transposes():
+  x = jnp.ones((2, 9, 9, 3))
+  w = jnp.ones((3, 3, 3, 4))
+  m = jnp.ones((7, 5))
+
+  def conv_only(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  classes = set(bench_ops.hlo_classes(_compiled_text(conv_only, x, w)).values())
+  assert "convolution" in classes and "matmul" not in classes
+  classes = set(bench_ops.hlo_classes(_compiled_text(lambda a: a @ a.T, m)).values())
+  assert "matmul" in classes and "convolution" not in classes
+  # A materialised transpose (its result is returned, so XLA cannot fold it into a consumer).
+  classes = set(bench_ops.hlo_classes(_compiled_text(lambda a: jnp.transpose(a * 2.0 + 1.0, (2, 0, 1, 3)),
+                                                     x)).values())
+  assert "layout copy" in classes
+  classes = set(bench_ops.hlo_classes(_compiled_text(lambda a: jnp.exp(a).sum(), m)).values())
+  assert classes <= {"elementwise/reduce"} and classes
+
+
+def test_trace_op_times_sees_the_ops_of_a_jitted_call():
+  f = jax.jit(lambda a: jnp.tanh(a @ a.T).sum())
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(256, 256)), jnp.float32)
+  jax.block_until_ready(f(a))
+  per_op, wall = bench_ops.trace_op_times(lambda: jax.block_until_ready(f(a)), steps=2)
+  assert wall > 0
+  names = set(bench_ops.hlo_classes(f.lower(a).compile().as_text()))
+  assert names & set(per_op), "no traced op matched an instruction of the compiled module"
