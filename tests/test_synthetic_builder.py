@@ -1,5 +1,7 @@
 """The synthetic TFDS builder: builds from nothing, reads back, and its labels match its pictures."""
 
+import multiprocessing
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -172,3 +174,25 @@ def test_command_line_builds(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "train: 32 examples" in out
   assert build_lib.main(["no_such_dataset", "--data_dir", str(tmp_path)]) == 1
+
+
+def test_parallel_build_writes_the_same_dataset(built, tmp_path, monkeypatch):
+  # The pool path (spawned worker processes) must store exactly what the in-process path stores.
+  monkeypatch.setattr(synth, "PARALLEL_MIN_EXAMPLES", 0)
+  monkeypatch.setattr(synth, "BUILD_WORKERS", 2)
+  contexts = []
+
+  class RecordingMultiprocessing:  # the real module, with a record of the pools the builder starts
+    def get_context(self, method):
+      contexts.append(method)
+      return multiprocessing.get_context(method)
+
+  monkeypatch.setattr(synth, "multiprocessing", RecordingMultiprocessing())
+  pooled = build_lib.build("synthetic", config="small", data_dir=str(tmp_path), progress=False)
+  assert contexts == ["spawn", "spawn"]  # one pool per split
+  for split in ("train", "test"):
+    a, b = built.as_data_source(split), pooled.as_data_source(split)
+    assert len(a) == len(b)
+    for i in range(len(a)):
+      for key, value in a[i].items():
+        np.testing.assert_array_equal(np.asarray(b[i][key]), np.asarray(value), err_msg=f"{split}[{i}] {key}")
