@@ -126,6 +126,24 @@ def bench_loss(out: dict[str, Any], xp=jnp) -> Any:
 
 # ----------------------------------------------------------------------------- JAX contenders
 
+def make_train_step(model: CascadedLiftNet, tx: optax.GradientTransformation):
+  """The benchmarked step: ((params, batch_stats, opt_state), images, boxes) -> (new state, loss), with
+  BatchNorm batch statistics, the bench_loss and one optimizer update (un-jitted)."""
+
+  def loss_fn(params, batch_stats, im, bx):
+    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, im, bx, train=True,
+                               mutable=["batch_stats"])
+    return bench_loss(out), updates["batch_stats"]
+
+  def train_step(state, im, bx):
+    params, batch_stats, opt_state = state
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, im, bx)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+  return train_step
+
+
 def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.ndarray, boxes: np.ndarray,
                  modes: list[str]) -> dict[str, dict[str, Any]]:
   """Compiled JAX programs per mode: {'run': blocking callable, 'compile_s', 'flops', 'memory'}."""
@@ -147,18 +165,7 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
     return flops, mem
 
   if "train" in modes:
-
-    def loss_fn(params, batch_stats, im, bx):
-      out, updates = model.apply({"params": params, "batch_stats": batch_stats}, im, bx, train=True,
-                                 mutable=["batch_stats"])
-      return bench_loss(out), updates["batch_stats"]
-
-    def train_step(state, im, bx):
-      params, batch_stats, opt_state = state
-      (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, im, bx)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
+    train_step = make_train_step(model, tx)
     # Train on copies: the step donates its state, and inference keeps using `variables`.
     params, batch_stats = jax.tree_util.tree_map(jnp.copy, (variables["params"], variables["batch_stats"]))
     state = [(params, batch_stats, tx.init(params))]

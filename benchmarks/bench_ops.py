@@ -37,7 +37,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from bench_model import bench_loss, inputs, model_config  # noqa: E402  pylint: disable=g-import-not-at-top
+from bench_model import inputs, make_train_step, model_config  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from cascaded_lift.models import CascadedLiftNet  # noqa: E402
 
@@ -91,18 +91,7 @@ def build_step(model: CascadedLiftNet, batch: int, size: int):
   variables = jax.tree_util.tree_map(
       lambda s: jnp.asarray(rng.normal(0, 0.02, s.shape).astype(s.dtype)), shapes)
   tx = optax.adam(1e-3)
-
-  def loss_fn(params, batch_stats, im, bx):
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, im, bx, train=True,
-                               mutable=["batch_stats"])
-    return bench_loss(out), updates["batch_stats"]
-
-  def train_step(state, im, bx):
-    params, batch_stats, opt_state = state
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, im, bx)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
+  train_step = make_train_step(model, tx)
   state = (variables["params"], variables["batch_stats"], tx.init(variables["params"]))
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, images, boxes).compile()
   return compiled, state, images, boxes
