@@ -195,7 +195,7 @@ def main(argv=None) -> dict[str, Any]:
     rows.append([part, m["jax_fwd"] * 1e3, m["torch_fwd"] * 1e3, m["jax_fwd_bwd"] * 1e3, m["torch_fwd_bwd"] * 1e3,
                  m["torch_fwd_bwd"] / m["jax_fwd_bwd"]])
   record = {"benchmark": "bench_breakdown", "model": args.model, "batch": args.batch, "size": args.size,
-            "deconv": args.deconv, "conv_grad": args.conv_grad, "torch_format": args.torch_format, "repeats": args.repeats,
+            "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "torch_format": args.torch_format, "repeats": args.repeats,
             "median_s": results, "loadavg_before": load_before, "loadavg_after": common.load_average(),
             "machine": common.machine_info()}
   print(f"Per-part medians (ms), {args.model} model, batch {args.batch}, {args.size} px, float32, deconv "

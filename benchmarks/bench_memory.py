@@ -138,7 +138,7 @@ def main(argv=None) -> dict[str, Any]:
                   - xla["alias_size_in_bytes"]) / gib) if xla else "-"
       rows.append([mode, fw, r["base_rss_bytes"] / gib, r["peak_rss_bytes"] / gib, r["step_bytes"] / gib, xla_gib])
   record = {"benchmark": "bench_memory", "model": args.model, "batch": args.batch, "size": args.size,
-            "dtype": args.dtype, "deconv": args.deconv, "conv_grad": args.conv_grad, "torch_format": args.torch_format, "steps": args.steps,
+            "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "torch_format": args.torch_format, "steps": args.steps,
             "results": results, "loadavg_before": load_before, "loadavg_after": common.load_average(),
             "machine": common.machine_info()}
   print(f"Peak host memory (GiB), {args.model} model, batch {args.batch}, {args.size} px, {args.dtype}, "

@@ -19,7 +19,8 @@ Each mode interleaves JAX and PyTorch calls (A B A B ...), --warmup rounds then 
 rounds, and reports medians; throughput = batch / median seconds.
 
 FLOPs per image: XLA's cost analysis of the compiled JAX programs (jax.jit(f).lower(...).compile()
-.cost_analysis()['flops'], divided by the batch), next to an analytic count of the convolutions,
+.cost_analysis()['flops'], divided by the batch; compiled with XLA's own convolutions for this, since
+the oneDNN custom calls are opaque to it), next to an analytic count of the convolutions,
 transposed convolutions and dense layers (2 x multiply-adds, from forward hooks on the PyTorch model).
 
 Usage (prints a table, then one line starting with "JSON "):
@@ -151,10 +152,8 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
   tx = optax.adam(1e-3)
   programs = {}
 
-  def describe(compiled) -> tuple[float | None, dict[str, int] | None]:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"]) if cost and "flops" in cost else None
+  def describe(compiled, fn, *args) -> tuple[float | None, dict[str, int] | None]:
+    flops = common.xla_flops(fn, *args)
     mem = None
     try:
       m = compiled.memory_analysis()
@@ -177,8 +176,8 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
       state[0], loss = step(state[0], images, boxes)
       jax.block_until_ready((state[0], loss))
 
-    programs["train"] = {"run": run_train, "compile_s": compile_s, **dict(zip(("flops", "memory"),
-                                                                            describe(step)))}
+    flops, memory = describe(step, train_step, state[0], images, boxes)
+    programs["train"] = {"run": run_train, "compile_s": compile_s, "flops": flops, "memory": memory}
 
   def forward(v, im, bx):
     return model.apply(v, im, bx, train=False)
@@ -189,7 +188,7 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
     compile_s = time.perf_counter() - t0
     programs["infer"] = {"run": lambda: jax.block_until_ready(fwd(variables, images, boxes)),
                          "compile_s": compile_s, "fn": lambda: fwd(variables, images, boxes),
-                         **dict(zip(("flops", "memory"), describe(fwd)))}
+                         **dict(zip(("flops", "memory"), describe(fwd, forward, variables, images, boxes)))}
 
   if "flip" in modes:
 
@@ -200,7 +199,7 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
     fl = jax.jit(flip).lower(variables, images, boxes).compile()
     compile_s = time.perf_counter() - t0
     programs["flip"] = {"run": lambda: jax.block_until_ready(fl(variables, images, boxes)),
-                        "compile_s": compile_s, **dict(zip(("flops", "memory"), describe(fl)))}
+                        "compile_s": compile_s, **dict(zip(("flops", "memory"), describe(fl, flip, variables, images, boxes)))}
   return programs
 
 
@@ -331,7 +330,7 @@ def main(argv=None) -> dict[str, Any]:
   programs = jax_programs(model, variables, images, boxes, modes)
   record: dict[str, Any] = {
       "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
-      "dtype": args.dtype, "deconv": args.deconv, "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
+      "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
       "repeats": args.repeats, "torch_compile": args.torch_compile,
       "loss": "sum_k mean(out_k^2) for k in bone/joint heatmaps, depth volume, ordinal logits, joint volumes"
               " + mean|coords| + mean|pose_3d|; Adam lr 1e-3",

@@ -143,11 +143,38 @@ def add_model_args(parser: Any, *, dtype: bool = True) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
   parser.add_argument("--deconv", default="four_phase", choices=DECONV_FORMULATIONS)
+  parser.add_argument("--cpu-conv", default="auto", choices=("auto", "onednn", "xla"),
+                      help="which kernels compute float32 convolutions on CPU: oneDNN's through the XLA FFI "
+                           "(auto: where they build) or XLA's own (models/conv_ops.py)")
   parser.add_argument("--conv-grad", default="auto", choices=("auto", "taps", "xla"),
-                      help="how convolution kernel gradients are computed on CPU (models/conv_ops.py)")
+                      help="how XLA's path computes convolution kernel gradients on CPU (models/conv_ops.py)")
 
 
 def apply_model_args(args: Any) -> None:
-  """Applies the options that are process-wide switches rather than model attributes (--conv-grad)."""
+  """Applies the options that are process-wide switches rather than model attributes (--cpu-conv,
+  --conv-grad); --cpu-conv onednn fails here, with the reason, when the kernels cannot be built."""
   from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  conv_ops.CPU_CONV = args.cpu_conv
   conv_ops.CPU_KERNEL_GRAD = args.conv_grad
+  if args.cpu_conv == "onednn":
+    from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+    onednn.register()
+
+
+def cpu_conv_report() -> dict[str, Any]:
+  """What computed the convolutions: the CPU_CONV mode and, for CPU float32, whether oneDNN did."""
+  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  return {"mode": conv_ops.CPU_CONV, "onednn_float32": conv_ops.onednn_active("float32"),
+          "onednn_unavailable_reason": onednn.unavailable_reason()}
+
+
+def xla_flops(fn: Callable[..., Any], *args: Any) -> float | None:
+  """XLA's cost-analysis FLOPs of jit(fn)(*args), lowered with XLA's own convolutions (it cannot see
+  inside the oneDNN custom calls, which would count as zero)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  with conv_ops.cpu_conv("xla"):
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost["flops"]) if cost and "flops" in cost else None

@@ -66,8 +66,12 @@ def export_predictor(predictor: inference.Predictor, out_dir: str | pathlib.Path
   spec = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), variables)
   b, = jax_export.symbolic_shape("b")
   s = predictor.image_size
-  exported = jax_export.export(fn, platforms=tuple(platforms) if platforms else None)(
-      spec, jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 4), jnp.float32))
+  # XLA's own convolutions: the oneDNN custom calls (conv_ops) exist only in this process, and an
+  # exported artifact must run wherever jax does. (Imported here: loading needs no model code.)
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  with conv_ops.cpu_conv("xla"):
+    exported = jax_export.export(fn, platforms=tuple(platforms) if platforms else None)(
+        spec, jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8), jax.ShapeDtypeStruct((b, 4), jnp.float32))
   (out_dir / EXPORT_FILE).write_bytes(bytes(exported.serialize()))
 
   leaves_with_paths = jax.tree_util.tree_flatten_with_path(variables)[0]

@@ -1,11 +1,15 @@
 """The CPU-friendly ops: conv_ops.conv2d (the same operator and gradients as a convolution, checked
-against PyTorch's conv2d and a NumPy loop for the kernel gradient) and blocks.max_pool (a NumPy loop)."""
+against PyTorch's conv2d and a NumPy loop for the kernel gradient, with oneDNN's kernels and with XLA's)
+and blocks.max_pool (a NumPy loop)."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cascaded_lift.kernels import onednn
 from cascaded_lift.models import conv_ops
 
 CASES = [  # kernel, stride, dilation, padding, in channels
@@ -18,13 +22,26 @@ CASES = [  # kernel, stride, dilation, padding, in channels
 ]
 
 
-@pytest.fixture(params=["taps", "xla"])
-def kernel_grad(request):
-  """Runs a test with each way of computing the kernel gradient on CPU, then restores the setting."""
-  old = conv_ops.CPU_KERNEL_GRAD
-  conv_ops.CPU_KERNEL_GRAD = request.param
-  yield request.param
-  conv_ops.CPU_KERNEL_GRAD = old
+@pytest.fixture(params=["onednn", "taps", "xla"])
+def kernel_grad(request, monkeypatch):
+  """Runs a test with each way of computing convolutions on CPU: oneDNN's kernels, or XLA's with the
+  kernel gradient as tap products or as XLA's own."""
+  if request.param == "onednn":
+    require_onednn()
+    monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
+  else:
+    monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
+    monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", request.param)
+  return request.param
+
+
+def require_onednn():
+  """Skips unless the oneDNN kernels build here; CI installs oneDNN, so there it must not skip."""
+  reason = onednn.unavailable_reason()
+  if reason is not None:
+    if os.environ.get("CI"):
+      pytest.fail(f"CI must have the oneDNN kernels: {reason}")
+    pytest.skip(f"oneDNN kernels unavailable: {reason}")
 
 
 def _case(k, c, seed=0):
@@ -67,6 +84,7 @@ def test_kernel_gradient_matches_a_numpy_loop(kernel_grad):
 
 
 def test_auto_uses_taps_only_for_wide_dilated_or_phase_kernels(monkeypatch):
+  monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
   monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", "auto")
   assert conv_ops._prefer_taps((3, 3, 256, 256), dilation=4)
   assert conv_ops._prefer_taps((2, 2, 256, 256), dilation=1)
@@ -111,3 +129,82 @@ def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window
   np.testing.assert_array_equal(max_pool(jnp.asarray(x), window, stride, pad), ref)
   grad = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, stride, pad))))(jnp.asarray(x))
   np.testing.assert_allclose(grad, grad_ref[:, pad:pad + 13, pad:pad + 10], rtol=1e-6, atol=1e-6)
+
+
+def _grad_program_text(platforms=None) -> str:
+  x, w = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 5))
+  f = jax.jit(jax.grad(lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1) ** 2), argnums=(0, 1)))
+  if platforms is None:
+    return f.lower(x, w).as_text()
+  from jax import export  # pylint: disable=g-import-not-at-top
+  return export.export(f, platforms=platforms)(x, w).mlir_module()
+
+
+def test_onednn_mode_puts_all_three_custom_calls_in_the_cpu_program_only(monkeypatch):
+  require_onednn()
+  monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
+  cpu = _grad_program_text()
+  for target in onednn.TARGETS:
+    assert target in cpu
+  # Lowered for a GPU (no GPU needed to lower), platform_dependent keeps XLA's convolutions.
+  cuda = _grad_program_text(platforms=("cuda",))
+  assert "cascaded_lift_onednn" not in cuda and "convolution" in cuda
+  monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
+  assert "cascaded_lift_onednn" not in _grad_program_text()
+  with conv_ops.cpu_conv("onednn"):  # bfloat16 always takes XLA's path
+    assert not conv_ops.onednn_active(jnp.bfloat16)
+
+
+def test_cpu_conv_mode_is_checked():
+  with pytest.raises(ValueError, match="must be one of"):
+    with conv_ops.cpu_conv("mkl"):
+      pass
+
+
+def test_a_failed_build_names_the_compiler_and_the_source(tmp_path, monkeypatch):
+  monkeypatch.setenv("CXX", "cascaded-lift-no-such-compiler")
+  with pytest.raises(onednn.KernelUnavailable, match="no C\\+\\+ compiler 'cascaded-lift-no-such-compiler'"):
+    onednn.build(tmp_path / "lib.so")
+  # A compiler that runs but fails (as a missing oneDNN header would make g++ fail): its output is
+  # reported with the command and the way to install oneDNN; no partial library is left behind.
+  monkeypatch.setenv("CXX", "false")
+  with pytest.raises(onednn.KernelUnavailable, match="(?s)onednn_conv.cc failed.*libdnnl-dev"):
+    onednn.build(tmp_path / "lib.so")
+  assert list(tmp_path.iterdir()) == []
+
+
+_SHARDED_SCRIPT = """
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from cascaded_lift.models import conv_ops
+mesh = Mesh(np.array(jax.devices()), ("data",))
+rng = np.random.default_rng(0)
+x = rng.normal(size=(8, 12, 12, 5)).astype(np.float32)
+w = rng.normal(size=(3, 3, 5, 7)).astype(np.float32)
+f = lambda x, w: jnp.sum(jnp.sin(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1)))
+batch, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+results = {}
+for mode in ("onednn", "xla"):
+  with conv_ops.cpu_conv(mode):
+    g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), in_shardings=(batch, rep))
+    xs = jax.device_put(x, batch)
+    hlo = g.lower(xs, w).compile().as_text()
+    results[mode] = g(xs, w)
+    if mode == "onednn":
+      assert hlo.count("cascaded_lift_onednn") == 3, hlo
+      assert "all-gather" not in hlo, "activations gathered onto every device"
+      assert results[mode][1][0].sharding.spec == P("data")
+for a, b in zip(jax.tree.leaves(results["onednn"]), jax.tree.leaves(results["xla"])):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_onednn_calls_are_batch_partitioned_across_devices():
+  require_onednn()
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -7,12 +7,14 @@ feature maps by half a pixel relative to the reference. BatchNorm follows PyTorc
 statistics are the training code's business.
 
 Convolutions go through `Conv`, which holds exactly nn.Conv's parameters ('kernel' (kh, kw, in, out),
-'bias' (out,)) but computes a 1x1 convolution as a matrix product (dot_general over the channel axis,
-after a strided slice when strided). The result is the same operator; the reason is speed on XLA:CPU,
-whose generic convolution is 2-5x slower than its matrix product for 1x1 kernels in the backward pass
-(measured in benchmarks/BENCHMARKS.md: e.g. 1x1 512->1152 at 64 x 64, batch 8, forward + backward
-4.6 s as a convolution, 0.9 s as a dot). Larger kernels stay convolutions (im2col + dot measured no
-faster). `formulation="conv"` forces lax.conv_general_dilated for every kernel size.
+'bias' (out,)) and computes them with conv_ops.conv2d: on CPU in float32 that is oneDNN's kernels
+when they are available (conv_ops.onednn_active), for every kernel size. Without them a 1x1
+convolution is computed as a matrix product (dot_general over the channel axis, after a strided slice
+when strided): the same operator, but XLA:CPU's generic convolution is 2-5x slower than its matrix
+product for 1x1 kernels in the backward pass (measured in benchmarks/BENCHMARKS.md: e.g. 1x1
+512->1152 at 64 x 64, batch 8, forward + backward 4.6 s as a convolution, 0.9 s as a dot). Larger
+kernels stay convolutions (im2col + dot measured no faster). `formulation="conv"` forces
+lax.conv_general_dilated (XLA's own kernels) for every kernel size.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ class Conv(nn.Module):
   """A k x k NHWC convolution with nn.Conv's parameters: (B, H, W, C) -> (B, H', W', features).
 
   Attributes mirror nn.Conv's (explicit symmetric padding, dilation, stride); `formulation` "auto"
-  computes 1x1 kernels as a matrix product and larger ones with lax.conv_general_dilated, "conv" uses
-  the latter for all (see the module docstring).
+  uses conv_ops.conv2d (oneDNN on CPU where active; else 1x1 kernels as a matrix product), "conv"
+  lax.conv_general_dilated for all (see the module docstring).
   """
 
   features: int
@@ -66,7 +68,7 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    if k == 1 and self.formulation == "auto":
+    if k == 1 and self.formulation == "auto" and not conv_ops.onednn_active(x.dtype):
       if self.padding:
         x = jnp.pad(x, ((0, 0), (self.padding, self.padding), (self.padding, self.padding), (0, 0)))
       if self.stride != 1:

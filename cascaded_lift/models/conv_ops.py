@@ -1,29 +1,51 @@
-"""NHWC convolution whose kernel gradient is computed as matrix products on CPU.
+"""NHWC convolution with fast CPU gradients: oneDNN kernels, or XLA's with per-tap kernel gradients.
 
 `conv2d(x, kernel, stride, padding, dilation)` is exactly `lax.conv_general_dilated` (NHWC, HWIO,
-symmetric explicit padding): the same forward and the same input gradient. Only the kernel gradient
-differs in how it is computed, and only when the program is lowered for CPU.
+explicit padding): the same operator and the same gradients. What differs is which kernels compute it
+when the program is lowered for CPU; GPU and TPU (`lax.platform_dependent`'s default branches) always
+get XLA's own, which cuDNN and the TPU compiler handle well.
 
-Why: XLA:CPU computes a convolution's kernel gradient as one more convolution whose "window" is the
-whole output map (e.g. a 64 x 64 window producing a 3 x 3 result), which runs at about a third of the
-matrix-product throughput of the same machine. Written per kernel tap instead,
+CPU, float32, `CPU_CONV` "auto" or "onednn": oneDNN's convolution forward, backward-data and
+backward-weights primitives as XLA FFI custom calls (cascaded_lift/kernels/onednn.py), on the NHWC
+activations in place. They are what PyTorch's CPU convolutions run; XLA:CPU's own backward passes are
+2-5x slower (BENCHMARKS.md). "auto" falls back to XLA when the kernels cannot be built (no compiler or
+no oneDNN: `onednn.unavailable_reason()` says which); "onednn" raises instead; "xla" never uses them.
+Other dtypes (bfloat16) always take XLA's path.
+
+XLA's path, kernel gradient: XLA:CPU computes it as one more convolution whose "window" is the whole
+output map (e.g. a 64 x 64 window producing a 3 x 3 result), which runs at about a third of the
+matrix-product throughput. Written per kernel tap instead,
 
   dK[i, j] = sum_{b, h, w} x_pad[b, h * s + i * d, w * s + j * d, :]^T  dy[b, h, w, :]     (C x F)
 
-is kh * kw matrix products with a long contraction (B * H' * W') over strided slices of the padded
-input, the shape matrix-product kernels run fastest. benchmarks/bench_breakdown.py measures both. On
-GPU and TPU (`lax.platform_dependent`'s default branch) the kernel gradient stays XLA's own, which
-cuDNN and the TPU compiler already handle well.
+is kh * kw matrix products with a long contraction (B * H' * W'); `CPU_KERNEL_GRAD` picks where.
+benchmarks/bench_breakdown.py measures both.
+
+Both settings are read when a function is traced (jit caches what it traced); the benchmarks and tests
+set them, `cpu_conv(mode)` sets CPU_CONV for a block, and $CASCADED_LIFT_CPU_CONV sets its default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cascaded_lift.kernels import onednn
 
 _DN = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+CPU_CONV_MODES = ("auto", "onednn", "xla")
+# Which kernels compute float32 convolutions lowered for CPU (module docstring).
+CPU_CONV = os.environ.get("CASCADED_LIFT_CPU_CONV", "auto")
 
 # How conv2d's kernel gradient is computed when lowered for CPU: "taps" (the matrix products above),
 # "xla" (XLA's own, as on other platforms), or "auto": taps where they measured faster (dilated kernels
@@ -33,6 +55,33 @@ _DN = ("NHWC", "HWIO", "NHWC")
 # Read when a function is traced; the benchmarks set it to compare.
 CPU_KERNEL_GRAD = "auto"
 _TAPS_MIN_CHANNEL_PRODUCT = 128 * 128
+
+
+def onednn_active(dtype) -> bool:
+  """Whether conv2d on `dtype` inputs uses the oneDNN custom calls on CPU under the current CPU_CONV."""
+  if CPU_CONV not in CPU_CONV_MODES:
+    raise ValueError(f"conv_ops.CPU_CONV (or $CASCADED_LIFT_CPU_CONV) must be one of {CPU_CONV_MODES}, "
+                     f"got {CPU_CONV!r}")
+  if CPU_CONV == "xla" or jnp.dtype(dtype) != jnp.float32:
+    return False
+  if CPU_CONV == "onednn":
+    onednn.register()  # raises KernelUnavailable with the reason
+    return True
+  # auto: only where CPU is the default backend, so GPU/TPU hosts never build the library.
+  return jax.default_backend() == "cpu" and onednn.available()
+
+
+@contextlib.contextmanager
+def cpu_conv(mode: str) -> Iterator[None]:
+  """Sets CPU_CONV for functions traced inside the block (e.g. "xla" for a portable jax.export)."""
+  global CPU_CONV
+  if mode not in CPU_CONV_MODES:
+    raise ValueError(f"cpu_conv: mode must be one of {CPU_CONV_MODES}, got {mode!r}")
+  old, CPU_CONV = CPU_CONV, mode
+  try:
+    yield
+  finally:
+    CPU_CONV = old
 
 
 def _prefer_taps(kernel_shape: tuple[int, ...], dilation: int) -> bool:
@@ -79,7 +128,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
            padding: tuple[tuple[int, int], tuple[int, int]], dilation: int) -> jax.Array:
   """(B, H, W, C) conv (kh, kw, C, F) -> (B, H', W', F); same operator as lax.conv_general_dilated.
 
-  Where CPU_KERNEL_GRAD picks the tap products for this kernel, the convolution carries a custom VJP
+  With oneDNN active (onednn_active) the CPU program calls oneDNN for the convolution and both
+  gradients. Otherwise, where CPU_KERNEL_GRAD picks the tap products for this kernel, the convolution carries a custom VJP
   that uses them on CPU; elsewhere it is plain xla_conv2d with XLA's own gradients.
 
   Args:
@@ -89,6 +139,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
     padding: ((top, bottom), (left, right)) explicit zero padding.
     dilation: kernel (atrous) dilation (both axes).
   """
+  if onednn_active(x.dtype) and onednn_active(kernel.dtype):
+    return _conv2d_onednn(x, kernel, stride, padding, dilation)
   if _prefer_taps(kernel.shape, dilation):
     return _conv2d_tap_grad(x, kernel, stride, padding, dilation)
   return xla_conv2d(x, kernel, stride, padding, dilation)
@@ -115,3 +167,133 @@ def _conv2d_bwd(stride, padding, dilation, residuals, dy):
 
 
 _conv2d_tap_grad.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# --- oneDNN custom calls (CPU, float32) -------------------------------------------------------------
+
+
+def _onednn_attrs(stride: int, padding: Padding, dilation: int) -> dict[str, np.int64]:
+  (top, bottom), (left, right) = padding
+  return dict(stride=np.int64(stride), dilation=np.int64(dilation), pad_top=np.int64(top),
+              pad_bottom=np.int64(bottom), pad_left=np.int64(left), pad_right=np.int64(right))
+
+
+_FORWARD = "cascaded_lift_onednn_conv_forward"
+_BACKWARD_DATA = "cascaded_lift_onednn_conv_backward_data"
+_BACKWARD_WEIGHTS = "cascaded_lift_onednn_conv_backward_weights"
+
+
+def _input_shape(dy_shape, kernel_shape, x_shape, **_) -> tuple[int, ...]:
+  """The input gradient's shape: x's, with dy's (possibly per-device) batch."""
+  return (dy_shape[0],) + tuple(x_shape[1:])
+
+
+def _output_shape(x_shape, kernel_shape, stride: int, padding: Padding, dilation: int) -> tuple[int, ...]:
+  b, h, w, _ = x_shape
+  kh, kw, _, f = kernel_shape
+  ho = (h + sum(padding[0]) - dilation * (kh - 1) - 1) // stride + 1
+  wo = (w + sum(padding[1]) - dilation * (kw - 1) - 1) // stride + 1
+  return (b, ho, wo, f)
+
+
+# The custom calls are batch-parallel: each device convolves its own slice of the batch (the kernel
+# replicated), and the kernel gradient is summed over the devices. custom_partitioning tells XLA's SPMD
+# partitioner so; without it a data-parallel jit would all-gather every activation onto each device.
+_FORWARD_RULE = "b h w c, i j c f -> b o p f"          # (x, kernel) -> y
+_BACKWARD_DATA_RULE = "b o p f, i j c f -> b h w c"    # (dy, kernel) -> dx
+_BACKWARD_WEIGHTS_RULE = "b h w c, b o p f -> i j c f"  # (x, dy) -> dkernel, summed over b
+
+
+def _non_batch_factors(rule: str) -> tuple[str, ...]:
+  """Every factor of `rule` but b, in order of first appearance (Shardy wants them sorted so)."""
+  seen: list[str] = []
+  for name in rule.replace(",", " ").replace("->", " ").split():
+    if name != "b" and name not in seen:
+      seen.append(name)
+  return tuple(seen)
+
+
+def _batch_axes(arg_shapes) -> Any:
+  """The mesh axes the first operand's batch dimension is sharded over (None when replicated)."""
+  spec = arg_shapes[0].sharding.spec
+  return spec[0] if len(spec) else None
+
+
+@functools.cache
+def _partitioned_call(target: str, out_rank4: tuple[int, ...] | None, stride: int, padding: Padding,
+                      dilation: int):
+  """One custom call, batch-partitioned. `out_rank4` is the kernel shape for the weight gradient
+  (not batched); for the other two the output shape follows from the operands."""
+  attrs = dict(stride=stride, padding=padding, dilation=dilation)
+  reduce_batch = target == _BACKWARD_WEIGHTS
+
+  def local_call(a, b):
+    if target == _FORWARD:
+      shape = _output_shape(a.shape, b.shape, **attrs)
+    elif target == _BACKWARD_DATA:
+      shape = _input_shape(a.shape, b.shape, out_rank4, **attrs)
+    else:
+      shape = out_rank4
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="sequential")(
+        a, b, **_onednn_attrs(**attrs))
+
+  call = custom_partitioning(local_call)
+
+  def partition(mesh, arg_shapes, result_shape):
+    del result_shape
+    batch = _batch_axes(arg_shapes)
+    batched = NamedSharding(mesh, P(batch, None, None, None))
+    replicated = NamedSharding(mesh, P())
+    if reduce_batch:
+      axes = () if batch is None else (batch if isinstance(batch, tuple) else (batch,))
+      lower = (lambda a, b: jax.lax.psum(local_call(a, b), axes)) if axes else local_call
+      return mesh, lower, replicated, (batched, batched)
+    return mesh, local_call, batched, (batched, replicated)
+
+  rule = {_FORWARD: _FORWARD_RULE, _BACKWARD_DATA: _BACKWARD_DATA_RULE}.get(target, _BACKWARD_WEIGHTS_RULE)
+  call.def_partition(partition=partition, sharding_rule=rule,
+                     reduction_factors=("b",) if reduce_batch else (),
+                     need_replication_factors=_non_batch_factors(rule))
+  return call
+
+
+def _ffi(target: str, a: jax.Array, b: jax.Array, out_rank4: tuple[int, ...] | None, *, stride: int,
+         padding: Padding, dilation: int) -> jax.Array:
+  return _partitioned_call(target, out_rank4, stride, padding, dilation)(a, b)
+
+
+def _onednn_forward(x, kernel, stride, padding, dilation):
+  return jax.lax.platform_dependent(
+      x, kernel,
+      cpu=lambda a, k: _ffi(_FORWARD, a, k, None, stride=stride, padding=padding, dilation=dilation),
+      default=lambda a, k: xla_conv2d(a, k, stride, padding, dilation))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d_onednn(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int) -> jax.Array:
+  return _onednn_forward(x, kernel, stride, padding, dilation)
+
+
+def _onednn_fwd(x, kernel, stride, padding, dilation):
+  return _onednn_forward(x, kernel, stride, padding, dilation), (x, kernel)
+
+
+def _onednn_bwd(stride, padding, dilation, residuals, dy):
+  x, kernel = residuals
+  conv = dict(stride=stride, padding=padding, dilation=dilation)
+
+  def xla_input_grad(g, k):
+    return jax.vjp(lambda v: xla_conv2d(v, k, stride, padding, dilation), x)[1](g)[0]
+
+  dx = jax.lax.platform_dependent(
+      dy, kernel,
+      cpu=lambda g, k: _ffi(_BACKWARD_DATA, g, k, tuple(x.shape), **conv),
+      default=xla_input_grad)
+  dk = jax.lax.platform_dependent(
+      x, dy,
+      cpu=lambda a, g: _ffi(_BACKWARD_WEIGHTS, a, g, tuple(kernel.shape), **conv),
+      default=lambda a, g: _kernel_grad_xla(a, g, kernel.shape, stride, padding, dilation).astype(kernel.dtype))
+  return dx, dk
+
+
+_conv2d_onednn.defvjp(_onednn_fwd, _onednn_bwd)

@@ -1,0 +1,134 @@
+"""oneDNN convolution kernels for XLA:CPU, compiled on first use and called through the XLA FFI.
+
+XLA:CPU's own convolutions are level with PyTorch's in the forward pass but 2-5x slower in the
+backward pass (kernel gradients as whole-map "window" convolutions, plus the transposes XLA inserts
+around them; BENCHMARKS.md). PyTorch's CPU convolutions are oneDNN's. `onednn_conv.cc` (beside this
+file) exposes oneDNN's float32 convolution forward, backward-data and backward-weights primitives to
+XLA as three FFI custom calls on NHWC activations and HWIO kernels, so that no layout change happens
+outside them.
+
+The shared library is built the first time it is needed, with the C++ compiler ($CXX, else g++),
+JAX's FFI headers (jax.ffi.include_dir()) and oneDNN 2.x (Debian/Ubuntu: `apt-get install
+libdnnl-dev`; elsewhere $CPATH / $LIBRARY_PATH or $CASCADED_LIFT_DNNL_ROOT pointing at an install),
+into a cache folder keyed by the source, jaxlib version and compiler ($CASCADED_LIFT_KERNEL_CACHE,
+default ~/.cache/cascaded_lift/kernels). The build writes to a temporary name and renames, so
+concurrent processes (test workers, data-parallel hosts) never load a half-written library.
+
+  from cascaded_lift.kernels import onednn
+  onednn.available()        # True once built and registered; never raises
+  onednn.unavailable_reason()   # why not (compiler output, missing library), or None
+  onednn.register()         # builds + registers, raises KernelUnavailable with the reason
+
+The custom-call names are in TARGETS; conv_ops.conv2d uses them (CPU only, float32 only).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+# FFI target name -> exported handler symbol in the library.
+TARGETS = {
+    "cascaded_lift_onednn_conv_forward": "CascadedLiftConvForward",
+    "cascaded_lift_onednn_conv_backward_data": "CascadedLiftConvBackwardData",
+    "cascaded_lift_onednn_conv_backward_weights": "CascadedLiftConvBackwardWeights",
+}
+_CXX_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+class KernelUnavailable(RuntimeError):
+  """The oneDNN kernels could not be built or loaded; the message says why."""
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("CASCADED_LIFT_KERNEL_CACHE",
+                                     pathlib.Path.home() / ".cache" / "cascaded_lift" / "kernels"))
+
+
+def _compiler() -> str:
+  return os.environ.get("CXX", "g++")
+
+
+def _dnnl_flags() -> list[str]:
+  root = os.environ.get("CASCADED_LIFT_DNNL_ROOT")
+  if not root:
+    return []
+  lib = next((d for d in ("lib", "lib64") if (pathlib.Path(root) / d).is_dir()), "lib")
+  return [f"-I{root}/include", f"-L{root}/{lib}", f"-Wl,-rpath,{root}/{lib}"]
+
+
+def _library_path() -> pathlib.Path:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), jaxlib.__version__.encode(), _compiler().encode(),
+               " ".join(_CXX_FLAGS + tuple(_dnnl_flags())).encode()):
+    key.update(part)
+  return cache_dir() / f"libcascaded_lift_onednn-{key.hexdigest()[:16]}.so"
+
+
+def build(path: pathlib.Path) -> None:
+  """Compiles onednn_conv.cc into the shared library `path` (atomically); raises KernelUnavailable."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cxx = _compiler()
+  if shutil.which(cxx) is None:
+    raise KernelUnavailable(f"no C++ compiler {cxx!r} on PATH (set $CXX) to build {SOURCE.name}")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+  os.close(fd)
+  cmd = [cxx, *_CXX_FLAGS, f"-I{jax.ffi.include_dir()}", *_dnnl_flags(), str(SOURCE), "-o", tmp, "-ldnnl"]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+      raise KernelUnavailable(f"building {SOURCE} failed ({' '.join(cmd)}):\n{tail}\n"
+                              "oneDNN 2.x headers and library are needed (Debian/Ubuntu: apt-get install "
+                              "libdnnl-dev; or set CASCADED_LIFT_DNNL_ROOT)")
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+@functools.cache
+def _register_once() -> str | None:
+  """Builds (if needed), loads and registers the FFI targets; returns None or the failure reason."""
+  if not sys.platform.startswith("linux"):
+    return f"the oneDNN kernels are built for Linux only (this is {sys.platform})"
+  try:
+    import jax  # pylint: disable=g-import-not-at-top
+    path = _library_path()
+    if not path.exists():
+      build(path)
+    try:
+      lib = ctypes.CDLL(str(path))
+    except OSError as e:
+      raise KernelUnavailable(f"loading {path} failed: {e}") from e
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  except KernelUnavailable as e:
+    return str(e)
+  return None
+
+
+def unavailable_reason() -> str | None:
+  """None when the kernels are registered (building them if needed), else why they cannot be."""
+  return _register_once()
+
+
+def available() -> bool:
+  return _register_once() is None
+
+
+def register() -> None:
+  """Makes the FFI targets in TARGETS callable on CPU; raises KernelUnavailable with the reason."""
+  reason = _register_once()
+  if reason is not None:
+    raise KernelUnavailable(reason)
