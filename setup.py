@@ -20,7 +20,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["cascaded_lift", "cascaded_lift.*"]) + _dataset_packages,
     package_dir={"cascaded_lift.datasets": "datasets"} if _dataset_packages else {},
-    package_data={"cascaded_lift.datasets": ["*/dummy_data/**/*", "*/README.md", "*/*.txt"]},
+    package_data={"cascaded_lift.datasets": ["*/dummy_data/**/*", "*/README.md", "*/*.txt"],
+                  "cascaded_lift.kernels": ["*.cc"]},  # compiled on first use (kernels/onednn.py)
     include_package_data=True,
     install_requires=[
         "jax",

@@ -299,6 +299,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--torch-format", default="auto", choices=("auto", "contiguous", "channels_last"))
   p.add_argument("--torch-compile", action="store_true", help="torch.compile the PyTorch model (slow start)")
   p.add_argument("--no-torch", action="store_true", help="time JAX alone")
+  p.add_argument("--isolate", action="store_true",
+                 help="time each contender in its own process, one after the other, instead of interleaving "
+                      "them in one process (where each framework's freed memory and page faults slow the next)")
+  p.add_argument("--contender", default=None, help=argparse.SUPPRESS)  # internal: what an --isolate child times
   p.add_argument("-v", "--verbose", action="store_true")
   args = p.parse_args(argv)
   args.modes = [m for m in args.modes.split(",") if m]
@@ -308,8 +312,35 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def run_isolated(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """--isolate: one child process per contender (JAX first, then each PyTorch format), each timing
+  only its own calls; returns the JAX child's record and {mode: {contender: timings}}."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  names = ["jax"] + ([] if args.no_torch else ["torch_" + f for f in torch_formats])
+  records = {}
+  for name in names:
+    cmd = [sys.executable, __file__, *[a for a in argv if a != "--isolate"], "--contender", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if args.verbose:
+      print(proc.stderr, file=sys.stderr, end="", flush=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("JSON ")]
+    if proc.returncode != 0 or not lines:
+      raise RuntimeError(f"bench_model child for {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    records[name] = json.loads(lines[-1][5:])
+  results = {mode: {name: records[name]["results"][mode][name] for name in names} for mode in args.modes}
+  return records["jax"], results
+
+
 def main(argv=None) -> dict[str, Any]:
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  if args.isolate:
+    record, results = run_isolated(args, argv)
+    modes = [m for m in ("infer", "flip", "train") if m in args.modes]
+    record["isolated"] = True
+    return report(args, record, results, modes, record["loadavg_before"])
   common.apply_model_args(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
@@ -361,16 +392,29 @@ def main(argv=None) -> dict[str, Any]:
       for f in torch_formats:
         contenders["torch_" + f] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=f,
                                                   compile_model=args.torch_compile)[mode]
+    if args.contender:
+      contenders = {args.contender: contenders[args.contender]}
     if log:
       log(f"{mode}: timing {list(contenders)}")
     results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
-    if not args.no_torch:
+  return report(args, record, results, modes, load_before)
+
+
+def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, Any], modes: list[str],
+           load_before: Any) -> dict[str, Any]:
+  """Picks the faster PyTorch format per mode, prints the table and the JSON line; returns the record."""
+  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  formats = {}
+  for mode in modes:
+    if all("torch_" + f in results[mode] for f in torch_formats):
       formats[mode] = min(torch_formats, key=lambda f: results[mode]["torch_" + f]["median_s"])
       results[mode]["torch"] = results[mode]["torch_" + formats[mode]]
 
   rows = []
   for mode in modes:
     r = results[mode]
+    if "jax" not in r:  # an --isolate child timing a PyTorch contender
+      continue
     jax_ips = args.batch / r["jax"]["median_s"]
     row = [mode, r["jax"]["median_s"], jax_ips]
     if "torch" in r:
@@ -387,12 +431,13 @@ def main(argv=None) -> dict[str, Any]:
   record.update(results=results, torch_format=formats,
                 loadavg_before=load_before, loadavg_after=common.load_average(), machine=common.machine_info())
   fl = record["flops_per_image"]
+  how = "runs, one process per contender" if args.isolate else "interleaved runs"
   print(f"CascadedLiftNet ({args.model}) vs PyTorch SpecNet: batch {args.batch}, {args.size} px, {args.dtype}, "
-        f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} interleaved runs")
+        f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} {how}")
   print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cpus), load avg "
         f"{load_before} -> {record['loadavg_after']}; {record['machine']['versions']}")
-  print(f"FLOPs/image (forward): analytic {flops_analytic['total'] / 1e9:.2f} G"
-        + "".join(f", XLA {m} {fl['xla_' + m] / 1e9:.2f} G" for m in programs if fl.get("xla_" + m)))
+  print(f"FLOPs/image (forward): analytic {fl['analytic_forward']['total'] / 1e9:.2f} G"
+        + "".join(f", XLA {m} {fl['xla_' + m] / 1e9:.2f} G" for m in modes if fl.get("xla_" + m)))
   if "parity_rel_error" in record:
     print("float32 parity (relative error, JAX vs PyTorch inference): "
           + ", ".join(f"{k} {v:.1e}" for k, v in record["parity_rel_error"].items()))

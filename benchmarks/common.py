@@ -91,18 +91,28 @@ def interleaved(contenders: Mapping[str, Callable[[], Any]], *, warmup: int, rep
   """Times each blocking callable in turns: warmup rounds (first one = compile), then repeats rounds.
 
   Returns per contender: first_s (the first call, which includes compilation), times_s (timed calls),
-  median_s and min_s.
+  median_s and min_s, and for the timed calls the process's minor page faults and system CPU seconds
+  during each (minor_faults, sys_s; getrusage, Unix only): how much of a step the kernel spent mapping
+  fresh memory.
   """
-  out: dict[str, dict[str, Any]] = {k: {"first_s": None, "times_s": []} for k in contenders}
+  import resource  # pylint: disable=g-import-not-at-top
+  out: dict[str, dict[str, Any]] = {k: {"first_s": None, "times_s": [], "minor_faults": [], "sys_s": []}
+                                    for k in contenders}
   for r in range(warmup + repeats):
     for name, fn in contenders.items():
+      before = resource.getrusage(resource.RUSAGE_SELF)
       dt = time_call(fn)
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      faults, sys_s = after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
       if r == 0:
         out[name]["first_s"] = dt
       if r >= warmup:
         out[name]["times_s"].append(dt)
+        out[name]["minor_faults"].append(faults)
+        out[name]["sys_s"].append(round(sys_s, 3))
       if log is not None:
-        log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {dt:.3f} s")
+        log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {dt:.3f} s "
+            f"({faults} minor faults, {sys_s:.2f} s system)")
   for v in out.values():
     v["median_s"] = statistics.median(v["times_s"]) if v["times_s"] else None
     v["min_s"] = min(v["times_s"]) if v["times_s"] else None

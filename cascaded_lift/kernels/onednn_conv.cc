@@ -6,12 +6,21 @@
 // channels-last JIT kernels); only the kernel is reordered to and from the blocked layout the chosen
 // oneDNN kernel asks for (weights are small next to the activations).
 //
+// Plans: building a oneDNN primitive descriptor walks its list of implementations (tens to hundreds
+// of microseconds), which would dominate small convolutions. Each distinct (direction, geometry) gets
+// its primitives built once and kept for the life of the process.
+//
 // Thread safety: XLA may run several of these calls at once (independent ops, or one program per
-// device of a multi-device CPU client), and oneDNN's primitive cache hands equal convolutions the same
-// primitive object. Its default ("library") scratchpad belongs to that object, so concurrent runs
-// would share it; every primitive here therefore gets a user scratchpad from the calling thread.
+// device of a multi-device CPU client), and plans are shared. oneDNN primitives are safe to execute
+// concurrently when they do not own their scratchpad, so every primitive here is created with a user
+// scratchpad, and the scratchpad and the reordered kernel live in buffers of the calling thread.
+#include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -23,6 +32,8 @@ using tag = dnnl::memory::format_tag;
 using dt = dnnl::memory::data_type;
 
 namespace {
+
+enum class Direction { kForward, kBackwardData, kBackwardWeights };
 
 dnnl::engine& Engine() {
   static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -41,6 +52,8 @@ ffi::Error MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
     return ffi::Error::InvalidArgument("onednn conv: operands must be rank 4 (NHWC, HWIO)");
   if (k[2] != x[3] || y[3] != k[3] || y[0] != x[0])
     return ffi::Error::InvalidArgument("onednn conv: channel or batch sizes disagree");
+  if (stride < 1 || dilation < 1)
+    return ffi::Error::InvalidArgument("onednn conv: stride and dilation must be >= 1");
   g->src = {x[0], x[3], x[1], x[2]};
   g->weights = {k[3], k[2], k[0], k[1]};
   g->dst = {y[0], y[3], y[1], y[2]};
@@ -59,40 +72,146 @@ dnnl::primitive_attr UserScratchpad() {
   return attr;
 }
 
-// A scratchpad memory for `pd`, backed by a buffer owned by (and reused on) the calling thread.
-memory Scratchpad(const memory::desc& md) {
-  thread_local std::vector<char> buffer;
-  if (buffer.size() < md.get_size()) buffer.resize(md.get_size());
-  return memory(md, Engine(), buffer.data());
+// The primitives for one direction and geometry. `kernel_md` is the layout the convolution wants
+// its (diff) weights in; when it is not plain HWIO, `kernel_reorder` converts (HWIO -> kernel_md for
+// the forward and backward-data passes, kernel_md -> HWIO for backward-weights).
+struct Plan {
+  dnnl::primitive conv;
+  memory::desc kernel_md;
+  bool reorder_kernel = false;
+  dnnl::primitive kernel_reorder;
+  size_t scratchpad_bytes = 0;
+};
+
+std::string Key(Direction d, const Geometry& g) {
+  std::ostringstream key;
+  key << static_cast<int>(d);
+  for (const memory::dims* dims : {&g.src, &g.weights, &g.dst, &g.strides, &g.dilates, &g.pad_l,
+                                   &g.pad_r})
+    for (auto v : *dims) key << ',' << v;
+  return key.str();
 }
 
-dnnl::convolution_forward::primitive_desc ForwardPd(const Geometry& g) {
-  dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
-                                    dnnl::algorithm::convolution_direct, Md(g.src, tag::nhwc),
-                                    Md(g.weights, tag::any), Md(g.dst, tag::nhwc), g.strides,
-                                    g.dilates, g.pad_l, g.pad_r);
-  return dnnl::convolution_forward::primitive_desc(d, UserScratchpad(), Engine());
+std::unique_ptr<Plan> BuildPlan(Direction direction, const Geometry& g) {
+  const memory::desc src = Md(g.src, tag::nhwc), dst = Md(g.dst, tag::nhwc);
+  const memory::desc any_kernel = Md(g.weights, tag::any), hwio = Md(g.weights, tag::hwio);
+  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training,
+                                           dnnl::algorithm::convolution_direct, src, any_kernel, dst,
+                                           g.strides, g.dilates, g.pad_l, g.pad_r);
+  dnnl::convolution_forward::primitive_desc fwd(fwd_desc, UserScratchpad(), Engine());
+  auto plan = std::make_unique<Plan>();
+  memory::desc conv_scratch;
+  if (direction == Direction::kForward) {
+    plan->conv = dnnl::convolution_forward(fwd);
+    plan->kernel_md = fwd.weights_desc();
+    conv_scratch = fwd.scratchpad_desc();
+  } else if (direction == Direction::kBackwardData) {
+    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, src, any_kernel,
+                                            dst, g.strides, g.dilates, g.pad_l, g.pad_r);
+    dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
+    plan->conv = dnnl::convolution_backward_data(pd);
+    plan->kernel_md = pd.weights_desc();
+    conv_scratch = pd.scratchpad_desc();
+  } else {
+    dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, src,
+                                               any_kernel, dst, g.strides, g.dilates, g.pad_l,
+                                               g.pad_r);
+    dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
+    plan->conv = dnnl::convolution_backward_weights(pd);
+    plan->kernel_md = pd.diff_weights_desc();
+    conv_scratch = pd.scratchpad_desc();
+  }
+  plan->scratchpad_bytes = conv_scratch.get_size();
+  plan->reorder_kernel = !(plan->kernel_md == hwio);
+  if (plan->reorder_kernel) {
+    const bool to_user = direction == Direction::kBackwardWeights;
+    dnnl::reorder::primitive_desc rpd(Engine(), to_user ? plan->kernel_md : hwio, Engine(),
+                                      to_user ? hwio : plan->kernel_md, UserScratchpad());
+    plan->kernel_reorder = dnnl::reorder(rpd);
+    plan->scratchpad_bytes = std::max(plan->scratchpad_bytes, rpd.scratchpad_desc().get_size());
+  }
+  return plan;
 }
 
-void Reorder(dnnl::stream& s, memory& from, memory& to) {
-  dnnl::reorder::primitive_desc pd(from, to, UserScratchpad());
-  dnnl::reorder(pd).execute(s, {{DNNL_ARG_FROM, from},
-                                {DNNL_ARG_TO, to},
-                                {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
+const Plan& GetPlan(Direction direction, const Geometry& g) {
+  static std::mutex mutex;
+  static auto* plans = new std::unordered_map<std::string, std::unique_ptr<Plan>>();
+  const std::string key = Key(direction, g);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = plans->find(key);
+    if (it != plans->end()) return *it->second;
+  }
+  std::unique_ptr<Plan> plan = BuildPlan(direction, g);  // outside the lock: it can take a while
+  std::lock_guard<std::mutex> lock(mutex);
+  auto [it, inserted] = plans->emplace(key, std::move(plan));
+  return *it->second;
 }
 
-// Reorders `from` into `to_md` unless the layouts already agree; returns the memory to use.
-memory Reordered(dnnl::stream& s, memory from, const memory::desc& to_md) {
-  if (from.get_desc() == to_md) return from;
-  memory to(to_md, Engine());
-  Reorder(s, from, to);
-  return to;
+// Buffers of the calling thread, grown on demand and reused by every later call on it.
+char* ThreadBuffer(int which, size_t bytes) {
+  thread_local std::vector<char> buffers[2];
+  std::vector<char>& buffer = buffers[which];
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  return buffer.data();
 }
 
-template <typename Fn>
-ffi::Error Guard(Fn&& fn) {
+// Runs `plan` on the caller's buffers. `a` and `b` are the convolution's two inputs and `out` its
+// output, in the order of Direction's signature; `kernel` is whichever of them is the HWIO kernel.
+void Execute(Direction direction, const Plan& plan, const Geometry& g, void* a, void* b, void* out) {
+  dnnl::stream stream(Engine());
+  const size_t scratch_bytes = std::max<size_t>(plan.scratchpad_bytes, 1);
+  memory scratchpad(memory::desc({static_cast<memory::dim>(scratch_bytes)}, dt::u8, tag::a), Engine(),
+                    ThreadBuffer(0, scratch_bytes));
+  const memory::desc hwio = Md(g.weights, tag::hwio);
+  void* user_kernel = direction == Direction::kBackwardWeights ? out : b;
+  memory kernel(hwio, Engine(), user_kernel);
+  if (plan.reorder_kernel) {
+    kernel = memory(plan.kernel_md, Engine(), ThreadBuffer(1, plan.kernel_md.get_size()));
+    if (direction != Direction::kBackwardWeights) {
+      memory user(hwio, Engine(), user_kernel);
+      plan.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, user},
+                                           {DNNL_ARG_TO, kernel},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    }
+  }
+  const memory::desc src = Md(g.src, tag::nhwc), dst = Md(g.dst, tag::nhwc);
+  if (direction == Direction::kForward) {
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(src, Engine(), a)},
+                               {DNNL_ARG_WEIGHTS, kernel},
+                               {DNNL_ARG_DST, memory(dst, Engine(), out)},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  } else if (direction == Direction::kBackwardData) {
+    plan.conv.execute(stream, {{DNNL_ARG_DIFF_DST, memory(dst, Engine(), a)},
+                               {DNNL_ARG_WEIGHTS, kernel},
+                               {DNNL_ARG_DIFF_SRC, memory(src, Engine(), out)},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
+  } else {
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, memory(src, Engine(), a)},
+                               {DNNL_ARG_DIFF_DST, memory(dst, Engine(), b)},
+                               {DNNL_ARG_DIFF_WEIGHTS, kernel},
+                               {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    if (plan.reorder_kernel) {
+      memory user(hwio, Engine(), out);
+      plan.kernel_reorder.execute(stream, {{DNNL_ARG_FROM, kernel},
+                                           {DNNL_ARG_TO, user},
+                                           {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    }
+  }
+  stream.wait();
+}
+
+ffi::Error Run(Direction direction, ffi::Span<const int64_t> x_dims,
+               ffi::Span<const int64_t> kernel_dims, ffi::Span<const int64_t> y_dims, void* a,
+               void* b, void* out, int64_t stride, int64_t dilation, int64_t pad_top,
+               int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
+  Geometry g;
+  if (auto e = MakeGeometry(x_dims, kernel_dims, y_dims, stride, dilation, pad_top, pad_bottom,
+                            pad_left, pad_right, &g);
+      e.failure())
+    return e;
   try {
-    fn();
+    Execute(direction, GetPlan(direction, g), g, a, b, out);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("onednn conv: ") + e.what());
   }
@@ -102,110 +221,43 @@ ffi::Error Guard(Fn&& fn) {
 ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                        ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t dilation,
                        int64_t pad_top, int64_t pad_bottom, int64_t pad_left, int64_t pad_right) {
-  Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), kernel.dimensions(), y->dimensions(), stride,
-                            dilation, pad_top, pad_bottom, pad_left, pad_right, &g);
-      e.failure())
-    return e;
-  return Guard([&] {
-    auto pd = ForwardPd(g);
-    dnnl::stream s(Engine());
-    memory src(Md(g.src, tag::nhwc), Engine(), x.typed_data());
-    memory w_user(Md(g.weights, tag::hwio), Engine(), kernel.typed_data());
-    memory dst(Md(g.dst, tag::nhwc), Engine(), y->typed_data());
-    memory w = Reordered(s, w_user, pd.weights_desc());
-    dnnl::convolution_forward(pd).execute(s, {{DNNL_ARG_SRC, src},
-                                              {DNNL_ARG_WEIGHTS, w},
-                                              {DNNL_ARG_DST, dst},
-                                              {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    s.wait();
-  });
+  return Run(Direction::kForward, x.dimensions(), kernel.dimensions(), y->dimensions(),
+             x.untyped_data(), kernel.untyped_data(), y->untyped_data(), stride, dilation, pad_top,
+             pad_bottom, pad_left, pad_right);
 }
 
 ffi::Error ConvBackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> kernel,
                             ffi::ResultBuffer<ffi::F32> dx, int64_t stride, int64_t dilation,
                             int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                             int64_t pad_right) {
-  Geometry g;
-  if (auto e = MakeGeometry(dx->dimensions(), kernel.dimensions(), dy.dimensions(), stride,
-                            dilation, pad_top, pad_bottom, pad_left, pad_right, &g);
-      e.failure())
-    return e;
-  return Guard([&] {
-    auto fwd = ForwardPd(g);
-    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct,
-                                            Md(g.src, tag::nhwc), Md(g.weights, tag::any),
-                                            Md(g.dst, tag::nhwc), g.strides, g.dilates, g.pad_l,
-                                            g.pad_r);
-    dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
-    dnnl::stream s(Engine());
-    memory diff_dst(Md(g.dst, tag::nhwc), Engine(), dy.typed_data());
-    memory w_user(Md(g.weights, tag::hwio), Engine(), kernel.typed_data());
-    memory diff_src(Md(g.src, tag::nhwc), Engine(), dx->typed_data());
-    memory w = Reordered(s, w_user, pd.weights_desc());
-    dnnl::convolution_backward_data(pd).execute(
-        s, {{DNNL_ARG_DIFF_DST, diff_dst},
-            {DNNL_ARG_WEIGHTS, w},
-            {DNNL_ARG_DIFF_SRC, diff_src},
-            {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    s.wait();
-  });
+  return Run(Direction::kBackwardData, dx->dimensions(), kernel.dimensions(), dy.dimensions(),
+             dy.untyped_data(), kernel.untyped_data(), dx->untyped_data(), stride, dilation,
+             pad_top, pad_bottom, pad_left, pad_right);
 }
 
 ffi::Error ConvBackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                                ffi::ResultBuffer<ffi::F32> dk, int64_t stride, int64_t dilation,
                                int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                                int64_t pad_right) {
-  Geometry g;
-  if (auto e = MakeGeometry(x.dimensions(), dk->dimensions(), dy.dimensions(), stride, dilation,
-                            pad_top, pad_bottom, pad_left, pad_right, &g);
-      e.failure())
-    return e;
-  return Guard([&] {
-    auto fwd = ForwardPd(g);
-    dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct,
-                                               Md(g.src, tag::nhwc), Md(g.weights, tag::any),
-                                               Md(g.dst, tag::nhwc), g.strides, g.dilates,
-                                               g.pad_l, g.pad_r);
-    dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
-    dnnl::stream s(Engine());
-    memory src(Md(g.src, tag::nhwc), Engine(), x.typed_data());
-    memory diff_dst(Md(g.dst, tag::nhwc), Engine(), dy.typed_data());
-    memory dw_user(Md(g.weights, tag::hwio), Engine(), dk->typed_data());
-    bool direct = pd.diff_weights_desc() == dw_user.get_desc();
-    memory dw = direct ? dw_user : memory(pd.diff_weights_desc(), Engine());
-    dnnl::convolution_backward_weights(pd).execute(
-        s, {{DNNL_ARG_SRC, src},
-            {DNNL_ARG_DIFF_DST, diff_dst},
-            {DNNL_ARG_DIFF_WEIGHTS, dw},
-            {DNNL_ARG_SCRATCHPAD, Scratchpad(pd.scratchpad_desc())}});
-    if (!direct) Reorder(s, dw, dw_user);
-    s.wait();
-  });
+  return Run(Direction::kBackwardWeights, x.dimensions(), dk->dimensions(), dy.dimensions(),
+             x.untyped_data(), dy.untyped_data(), dk->untyped_data(), stride, dilation, pad_top,
+             pad_bottom, pad_left, pad_right);
 }
 
 }  // namespace
 
-#define CONV_ATTRS                  \
-  .Attr<int64_t>("stride")          \
+#define CONV_BINDING                \
+  ffi::Ffi::Bind()                  \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::Buffer<ffi::F32>>() \
+      .Attr<int64_t>("stride")      \
       .Attr<int64_t>("dilation")    \
       .Attr<int64_t>("pad_top")     \
       .Attr<int64_t>("pad_bottom")  \
       .Attr<int64_t>("pad_left")    \
       .Attr<int64_t>("pad_right")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvForward, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvBackwardData, ConvBackwardData,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvBackwardWeights, ConvBackwardWeights,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvForward, ConvForward, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvBackwardData, ConvBackwardData, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CascadedLiftConvBackwardWeights, ConvBackwardWeights, CONV_BINDING);
