@@ -361,7 +361,7 @@ def main(argv=None) -> dict[str, Any]:
   programs = jax_programs(model, variables, images, boxes, modes)
   record: dict[str, Any] = {
       "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
-      "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
+      "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "host_malloc": args.host_malloc, "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
       "repeats": args.repeats, "torch_compile": args.torch_compile,
       "loss": "sum_k mean(out_k^2) for k in bone/joint heatmaps, depth volume, ordinal logits, joint volumes"
               " + mean|coords| + mean|pose_3d|; Adam lr 1e-3",

@@ -60,7 +60,9 @@ def hlo_classes(hlo: str) -> dict[str, str]:
     if m:
       called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
       opcodes[comp].add(m.group(2))
-      instrs.append((comp, m.group(1), m.group(2), called))
+      target = re.search(r'custom_call_target="([^"]+)"', line)
+      # A custom call is classed by its target's name (the oneDNN convolutions: *_conv_*).
+      instrs.append((comp, m.group(1) + (":" + target.group(1) if target else ""), m.group(2), called))
 
   def contents(op: str, called: list[str]) -> set[str]:
     inside = {op}
@@ -69,9 +71,10 @@ def hlo_classes(hlo: str) -> dict[str, str]:
     return inside
 
   out = {}
-  for _, name, op, called in instrs:
+  for _, name_target, op, called in instrs:
+    name, _, target = name_target.partition(":")
     inside = contents(op, called)
-    if "convolution" in inside or "custom-call" in inside and "conv" in name:
+    if "convolution" in inside or "custom-call" in inside and "conv" in name + target:
       out[name] = "convolution"
     elif "dot" in inside:
       out[name] = "matmul"

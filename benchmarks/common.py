@@ -153,6 +153,9 @@ def add_model_args(parser: Any, *, dtype: bool = True) -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
   parser.add_argument("--deconv", default="four_phase", choices=DECONV_FORMULATIONS)
+  parser.add_argument("--host-malloc", default="retain", choices=("retain", "default"),
+                      help="glibc malloc for the whole process, both frameworks: 'retain' keeps freed memory "
+                           "for reuse (cascaded_lift/hostmem.py; the trainer's default), 'default' leaves glibc's")
   parser.add_argument("--cpu-conv", default="auto", choices=("auto", "onednn", "xla"),
                       help="which kernels compute float32 convolutions on CPU: oneDNN's through the XLA FFI "
                            "(auto: where they build) or XLA's own (models/conv_ops.py)")
@@ -162,8 +165,11 @@ def add_model_args(parser: Any, *, dtype: bool = True) -> None:
 
 def apply_model_args(args: Any) -> None:
   """Applies the options that are process-wide switches rather than model attributes (--cpu-conv,
-  --conv-grad); --cpu-conv onednn fails here, with the reason, when the kernels cannot be built."""
+  --conv-grad, --host-malloc); --cpu-conv onednn fails here, with the reason, when the kernels cannot be
+  built. Call it before the first JAX or PyTorch computation (malloc options act on arenas created later)."""
+  from cascaded_lift import hostmem  # pylint: disable=g-import-not-at-top
   from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  hostmem.configure(args.host_malloc)
   conv_ops.CPU_CONV = args.cpu_conv
   conv_ops.CPU_KERNEL_GRAD = args.conv_grad
   if args.cpu_conv == "onednn":

@@ -25,6 +25,13 @@ def test_hlo_classes_names_convolutions_matmuls_and_transposes():
 
   classes = set(bench_ops.hlo_classes(_compiled_text(conv_only, x, w)).values())
   assert "convolution" in classes and "matmul" not in classes
+  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  if onednn.available():  # the oneDNN custom calls count as convolutions too
+    with conv_ops.cpu_conv("onednn"):
+      text = _compiled_text(lambda x, w: conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1), x, w)
+    assert "cascaded_lift_onednn_conv_forward" in text
+    assert set(bench_ops.hlo_classes(text).values()) & {"convolution", "matmul"} == {"convolution"}
   classes = set(bench_ops.hlo_classes(_compiled_text(lambda a: a @ a.T, m)).values())
   assert "matmul" in classes and "convolution" not in classes
   # A materialised transpose (its result is returned, so XLA cannot fold it into a consumer).

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from cascaded_lift import hostmem
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift import data as data_lib
 from cascaded_lift.training import optim, parallel
@@ -107,6 +108,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
   Returns the evaluation metrics (empty dict when config.eval.enabled is False).
   """
   workdir = pathlib.Path(workdir)
+  # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
+  hostmem.configure(config.get("host_malloc", "retain"))
   parallel.maybe_initialize_distributed()
   mesh = parallel.create_mesh()
   is_chief = jax.process_index() == 0
