@@ -119,7 +119,8 @@ def main(argv=None) -> dict[str, Any]:
   load_before = common.load_average()
   passthrough = ["--model", args.model, "--batch", str(args.batch), "--size", str(args.size), "--dtype", args.dtype,
                  "--steps", str(args.steps), "--threads", str(args.threads), "--deconv", args.deconv,
-                 "--torch-format", args.torch_format] + (["--device-stats"] if args.device_stats else [])
+                 "--torch-format", args.torch_format, "--host-malloc", args.host_malloc, "--cpu-conv", args.cpu_conv,
+                 "--conv-grad", args.conv_grad] + (["--device-stats"] if args.device_stats else [])
   results: dict[str, dict[str, Any]] = {}
   rows = []
   gib = 2.0**30
