@@ -208,3 +208,27 @@ def test_onednn_calls_are_batch_partitioned_across_devices():
   out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
                        timeout=300, check=False)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+_FALLBACK_SCRIPT = """
+import numpy as np, jax, jax.numpy as jnp
+from cascaded_lift.models import conv_ops
+x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
+w = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype(np.float32)
+f = jax.jit(lambda x, w: conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1))
+assert "cascaded_lift_onednn" not in f.lower(x, w).as_text()
+np.testing.assert_allclose(f(x, w), conv_ops.xla_conv2d(x, w, 2, ((1, 1), (1, 1)), 1), rtol=1e-6)
+assert not conv_ops.onednn_active("float32")
+print("ok")
+"""
+
+
+def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
+             CASCADED_LIFT_CPU_CONV="auto", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+  assert "oneDNN kernels unavailable" in out.stderr and "cascaded-lift-no-such-compiler" in out.stderr

@@ -35,6 +35,7 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -68,7 +69,18 @@ def onednn_active(dtype) -> bool:
     onednn.register()  # raises KernelUnavailable with the reason
     return True
   # auto: only where CPU is the default backend, so GPU/TPU hosts never build the library.
-  return jax.default_backend() == "cpu" and onednn.available()
+  if jax.default_backend() != "cpu":
+    return False
+  if not onednn.available():
+    _log_fallback_once(onednn.unavailable_reason())
+    return False
+  return True
+
+
+@functools.cache
+def _log_fallback_once(reason: str | None) -> None:
+  logging.warning("conv_ops: oneDNN kernels unavailable, CPU convolutions use XLA's (2-5x slower backward "
+                  "passes): %s", reason)
 
 
 @contextlib.contextmanager
