@@ -312,12 +312,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def torch_formats_to_time(args: argparse.Namespace) -> list[str]:
+  """--torch-format auto times both memory formats; otherwise the one asked for."""
+  return ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+
+
 def run_isolated(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
   """--isolate: one child process per contender (JAX first, then each PyTorch format), each timing
   only its own calls; returns the JAX child's record and {mode: {contender: timings}}."""
   import json  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
-  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  torch_formats = torch_formats_to_time(args)
   names = ["jax"] + ([] if args.no_torch else ["torch_" + f for f in torch_formats])
   records = {}
   for name in names:
@@ -384,7 +389,7 @@ def main(argv=None) -> dict[str, Any]:
         for k in ("joint_heatmaps", "coords", "pose_3d")}
 
   results, formats = {}, {}
-  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  torch_formats = torch_formats_to_time(args)
   for mode in modes:
     contenders = {"jax": programs[mode]["run"]}
     if not args.no_torch:
@@ -403,7 +408,7 @@ def main(argv=None) -> dict[str, Any]:
 def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, Any], modes: list[str],
            load_before: Any) -> dict[str, Any]:
   """Picks the faster PyTorch format per mode, prints the table and the JSON line; returns the record."""
-  torch_formats = ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+  torch_formats = torch_formats_to_time(args)
   formats = {}
   for mode in modes:
     if all("torch_" + f in results[mode] for f in torch_formats):

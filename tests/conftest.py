@@ -22,3 +22,15 @@ def fixtures_dir() -> pathlib.Path:
   if not FIXTURES.is_dir():
     pytest.skip(f"real dataset samples not found at {FIXTURES}")
   return FIXTURES
+
+
+@pytest.fixture
+def onednn_kernels() -> None:
+  """Skips unless the oneDNN kernels build here (cascaded_lift/kernels); CI installs oneDNN, so there a
+  missing kernel is a failure, not a skip."""
+  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+  reason = onednn.unavailable_reason()
+  if reason is not None:
+    if os.environ.get("CI"):
+      pytest.fail(f"CI must have the oneDNN kernels: {reason}")
+    pytest.skip(f"oneDNN kernels unavailable: {reason}")

@@ -27,21 +27,12 @@ def kernel_grad(request, monkeypatch):
   """Runs a test with each way of computing convolutions on CPU: oneDNN's kernels, or XLA's with the
   kernel gradient as tap products or as XLA's own."""
   if request.param == "onednn":
-    require_onednn()
+    request.getfixturevalue("onednn_kernels")
     monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
   else:
     monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
     monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", request.param)
   return request.param
-
-
-def require_onednn():
-  """Skips unless the oneDNN kernels build here; CI installs oneDNN, so there it must not skip."""
-  reason = onednn.unavailable_reason()
-  if reason is not None:
-    if os.environ.get("CI"):
-      pytest.fail(f"CI must have the oneDNN kernels: {reason}")
-    pytest.skip(f"oneDNN kernels unavailable: {reason}")
 
 
 def _case(k, c, seed=0):
@@ -140,8 +131,7 @@ def _grad_program_text(platforms=None) -> str:
   return export.export(f, platforms=platforms)(x, w).mlir_module()
 
 
-def test_onednn_mode_puts_all_three_custom_calls_in_the_cpu_program_only(monkeypatch):
-  require_onednn()
+def test_onednn_mode_puts_all_three_custom_calls_in_the_cpu_program_only(monkeypatch, onednn_kernels):
   monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
   cpu = _grad_program_text()
   for target in onednn.TARGETS:
@@ -200,8 +190,7 @@ print("ok")
 """
 
 
-def test_onednn_calls_are_batch_partitioned_across_devices():
-  require_onednn()
+def test_onednn_calls_are_batch_partitioned_across_devices(onednn_kernels):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

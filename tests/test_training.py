@@ -68,6 +68,17 @@ def _assert_same_params(a: dict, b: dict, rtol: float, atol: float) -> None:
 _NO_EVAL = ("--config.eval.enabled=False",)
 
 
+def _train_on_one_and_eight_devices(tmp_path, overrides, cpu_conv: str) -> dict[int, pathlib.Path]:
+  """Runs the same training command on 1 and on 8 CPU devices; {devices: workdir}."""
+  runs = {}
+  for devices in (1, 8):
+    workdir = tmp_path / f"dev{devices}"
+    proc = _run(_train_cmd(workdir, *overrides), _env(devices, CASCADED_LIFT_CPU_CONV=cpu_conv))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs[devices] = workdir
+  return runs
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_eight_devices_match_one_device(tmp_path, optimizer):
   overrides = (*_NO_EVAL, "--config.stage1.num_steps=3", "--config.stage2.enabled=False",
@@ -78,12 +89,7 @@ def test_eight_devices_match_one_device(tmp_path, optimizer):
   # depends on the per-device batch (1e-6 apart at step 1), and this tiny model's BatchNorm over
   # near-identical lifter inputs amplifies that about 100x per SGD step (measured: 1.1e-5 at step 2,
   # 1.4e-3 at step 3). test_eight_devices_match_one_device_with_onednn_kernels covers them for a step.
-  runs = {}
-  for devices in (1, 8):
-    workdir = tmp_path / f"dev{devices}"
-    proc = _run(_train_cmd(workdir, *overrides), _env(devices, CASCADED_LIFT_CPU_CONV="xla"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs[devices] = workdir
+  runs = _train_on_one_and_eight_devices(tmp_path, overrides, "xla")
   m1, m8 = _metrics(runs[1]), _metrics(runs[8])
   assert [r["step"] for r in m1] == [r["step"] for r in m8] == [1, 2, 3]
   for a, b in zip(m1, m8):
@@ -112,20 +118,12 @@ def test_eight_devices_match_one_device(tmp_path, optimizer):
     assert np.mean(diffs > 1e-4) < 0.01, f"{np.mean(diffs > 1e-4):.2%} of elements differ by > 1e-4"
 
 
-def test_eight_devices_match_one_device_with_onednn_kernels(tmp_path):
+def test_eight_devices_match_one_device_with_onednn_kernels(tmp_path, onednn_kernels):
   """The oneDNN custom calls are batch-partitioned (conv_ops): one SGD step on 8 devices (one example
   each) equals the step on one device (all 8)."""
-  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
-  if onednn.unavailable_reason() is not None and not os.environ.get("CI"):
-    pytest.skip(f"oneDNN kernels unavailable: {onednn.unavailable_reason()}")
   overrides = (*_NO_EVAL, "--config.stage1.num_steps=1", "--config.stage2.enabled=False",
                "--config.stage1.optimizer=sgd", "--config.stage1.learning_rate=0.01")
-  runs = {}
-  for devices in (1, 8):
-    workdir = tmp_path / f"dev{devices}"
-    proc = _run(_train_cmd(workdir, *overrides), _env(devices, CASCADED_LIFT_CPU_CONV="onednn"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs[devices] = workdir
+  runs = _train_on_one_and_eight_devices(tmp_path, overrides, "onednn")
   (a,), (b,) = _metrics(runs[1]), _metrics(runs[8])
   np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
   np.testing.assert_allclose(a["grad_norm"], b["grad_norm"], rtol=2e-5)

@@ -195,11 +195,6 @@ _BACKWARD_DATA = "cascaded_lift_onednn_conv_backward_data"
 _BACKWARD_WEIGHTS = "cascaded_lift_onednn_conv_backward_weights"
 
 
-def _input_shape(dy_shape, kernel_shape, x_shape, **_) -> tuple[int, ...]:
-  """The input gradient's shape: x's, with dy's (possibly per-device) batch."""
-  return (dy_shape[0],) + tuple(x_shape[1:])
-
-
 def _output_shape(x_shape, kernel_shape, stride: int, padding: Padding, dilation: int) -> tuple[int, ...]:
   b, h, w, _ = x_shape
   kh, kw, _, f = kernel_shape
@@ -232,10 +227,10 @@ def _batch_axes(arg_shapes) -> Any:
 
 
 @functools.cache
-def _partitioned_call(target: str, out_rank4: tuple[int, ...] | None, stride: int, padding: Padding,
+def _partitioned_call(target: str, global_out: tuple[int, ...] | None, stride: int, padding: Padding,
                       dilation: int):
-  """One custom call, batch-partitioned. `out_rank4` is the kernel shape for the weight gradient
-  (not batched); for the other two the output shape follows from the operands."""
+  """One custom call, batch-partitioned. `global_out` is the output's shape over the whole batch for
+  the two gradients (x's, the kernel's); the forward's follows from its operands."""
   attrs = dict(stride=stride, padding=padding, dilation=dilation)
   reduce_batch = target == _BACKWARD_WEIGHTS
 
@@ -243,9 +238,9 @@ def _partitioned_call(target: str, out_rank4: tuple[int, ...] | None, stride: in
     if target == _FORWARD:
       shape = _output_shape(a.shape, b.shape, **attrs)
     elif target == _BACKWARD_DATA:
-      shape = _input_shape(a.shape, b.shape, out_rank4, **attrs)
+      shape = (a.shape[0],) + global_out[1:]  # x's, with dy's (per-device) batch
     else:
-      shape = out_rank4
+      shape = global_out  # the kernel's: not batched
     return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="sequential")(
         a, b, **_onednn_attrs(**attrs))
 
@@ -269,9 +264,9 @@ def _partitioned_call(target: str, out_rank4: tuple[int, ...] | None, stride: in
   return call
 
 
-def _ffi(target: str, a: jax.Array, b: jax.Array, out_rank4: tuple[int, ...] | None, *, stride: int,
+def _ffi(target: str, a: jax.Array, b: jax.Array, global_out: tuple[int, ...] | None, *, stride: int,
          padding: Padding, dilation: int) -> jax.Array:
-  return _partitioned_call(target, out_rank4, stride, padding, dilation)(a, b)
+  return _partitioned_call(target, global_out, stride, padding, dilation)(a, b)
 
 
 def _onednn_forward(x, kernel, stride, padding, dilation):
