@@ -191,6 +191,8 @@ def xla_flops(fn: Callable[..., Any], *args: Any) -> float | None:
   import jax  # pylint: disable=g-import-not-at-top
   from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
   with conv_ops.cpu_conv("xla"):
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    # A fresh function object: jax.jit(fn) would reuse fn's trace from the timed program, made with
+    # the oneDNN calls (JAX caches traces by function, not by CPU_CONV).
+    cost = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) if cost and "flops" in cost else None

@@ -50,3 +50,19 @@ def test_trace_op_times_sees_the_ops_of_a_jitted_call():
   assert wall > 0
   names = set(bench_ops.hlo_classes(f.lower(a).compile().as_text()))
   assert names & set(per_op), "no traced op matched an instruction of the compiled module"
+
+
+def test_xla_flops_counts_convolutions_of_a_function_already_traced_with_onednn(onednn_kernels):
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+
+  def conv(x, w):
+    return conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1)
+
+  with conv_ops.cpu_conv("onednn"):  # as the timed program is traced: the conv is a custom call
+    assert "cascaded_lift_onednn_conv_forward" in _compiled_text(conv, x, w)
+    flops = common.xla_flops(conv, x, w)
+  # 2 x the multiply-adds of a 3x3 SAME convolution that touch the image (XLA skips the padding): per
+  # spatial axis the 8 outputs read 3 taps each but the two border outputs one fewer, 22 in all.
+  assert flops == 2 * 2 * 4 * 3 * 22 * 22
