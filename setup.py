@@ -41,6 +41,10 @@ setup(
         "matplotlib",
         "safetensors",
         "flatbuffers",  # jax.export serialization (cascaded_lift.export)
+        # oneDNN 3.x on GNU OpenMP for the CPU convolution kernels (cascaded_lift/kernels/onednn.py):
+        # the library and its headers, installed under the environment's prefix.
+        "onednn-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
+        "onednn-devel-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist"],

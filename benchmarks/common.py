@@ -182,7 +182,7 @@ def cpu_conv_report() -> dict[str, Any]:
   from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
   from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
   return {"mode": conv_ops.CPU_CONV, "onednn_float32": conv_ops.onednn_active("float32"),
-          "onednn_unavailable_reason": onednn.unavailable_reason()}
+          "onednn_unavailable_reason": onednn.unavailable_reason(), "onednn_version": onednn.version()}
 
 
 def xla_flops(fn: Callable[..., Any], *args: Any) -> float | None:

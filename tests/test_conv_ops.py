@@ -2,6 +2,7 @@
 against PyTorch's conv2d and a NumPy loop for the kernel gradient, with oneDNN's kernels and with XLA's)
 and blocks.max_pool (a NumPy loop)."""
 
+import json
 import os
 
 import jax
@@ -158,7 +159,7 @@ def test_a_failed_build_names_the_compiler_and_the_source(tmp_path, monkeypatch)
   # A compiler that runs but fails (as a missing oneDNN header would make g++ fail): its output is
   # reported with the command and the way to install oneDNN; no partial library is left behind.
   monkeypatch.setenv("CXX", "false")
-  with pytest.raises(onednn.KernelUnavailable, match="(?s)onednn_conv.cc failed.*libdnnl-dev"):
+  with pytest.raises(onednn.KernelUnavailable, match="(?s)onednn_conv.cc failed.*onednn-devel-cpu-gomp.*libdnnl-dev"):
     onednn.build(tmp_path / "lib.so")
   assert list(tmp_path.iterdir()) == []
 
@@ -221,3 +222,55 @@ def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(
                        timeout=300, check=False)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
   assert "oneDNN kernels unavailable" in out.stderr and "cascaded-lift-no-such-compiler" in out.stderr
+
+
+_INSTALL_SCRIPT = """
+import json
+import numpy as np, jax, jax.numpy as jnp
+from cascaded_lift.kernels import onednn
+from cascaded_lift.models import conv_ops
+onednn.register()
+rng = np.random.default_rng(0)
+x = rng.normal(size=(2, 9, 8, 5)).astype(np.float32)
+w = rng.normal(size=(3, 3, 5, 6)).astype(np.float32)
+cot = rng.normal(size=(2, 5, 4, 6)).astype(np.float32)
+f = lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1) * cot)
+out = {}
+for mode in ("onednn", "xla"):
+  with conv_ops.cpu_conv(mode):
+    out[mode] = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w)
+for a, b in zip(jax.tree.leaves(out["onednn"]), jax.tree.leaves(out["xla"])):
+  np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+maps = sorted({line.split()[-1] for line in open("/proc/self/maps") if "libdnnl.so" in line})
+print(json.dumps({"loaded": maps, "version": onednn.version()}))
+"""
+
+
+@pytest.mark.parametrize("install", ["environment", "system"])
+def test_kernels_build_and_agree_with_xla_against_each_onednn_install(install, tmp_path):
+  """The C++ supports oneDNN 3.x (PyPI's onednn-devel-cpu-gomp, in the Python environment) and 2.x
+  (Debian's libdnnl-dev): each found here is built against in a fresh cache and checked against XLA."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if install == "environment":
+    env_root = onednn.dnnl_root() if not os.environ.get("CASCADED_LIFT_DNNL_ROOT") else None
+    if env_root is None:
+      if os.environ.get("CI"):
+        pytest.fail("CI installs onednn-devel-cpu-gomp (setup.py): the environment must have oneDNN 3.x")
+      pytest.skip("no oneDNN in the Python environment (pip install onednn-devel-cpu-gomp)")
+    root, expected, major = str(env_root), "libdnnl.so.3", "3."
+  else:
+    if not os.path.exists("/usr/include/oneapi/dnnl/dnnl.hpp"):
+      pytest.skip("no system oneDNN (apt-get install libdnnl-dev)")
+    root, expected, major = "system", "libdnnl.so.2", "2."
+  env = dict(os.environ, CASCADED_LIFT_DNNL_ROOT=root, CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _INSTALL_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  loaded = report["loaded"]  # the libdnnl files mapped into the process
+  assert len(loaded) == 1 and expected in loaded[0], loaded
+  assert report["version"].startswith(major), report
+  if install == "environment":
+    assert loaded[0].startswith(root), loaded

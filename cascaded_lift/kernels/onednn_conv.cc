@@ -92,13 +92,58 @@ std::string Key(Direction d, const Geometry& g) {
   return key.str();
 }
 
+// oneDNN 3.x dropped the operation descriptors: primitive descriptors take the engine and the
+// problem directly. Both generations are supported (Debian ships 2.x, PyPI's onednn-cpu-gomp 3.x).
+#if DNNL_VERSION_MAJOR >= 3
+using FwdPd = dnnl::convolution_forward::primitive_desc;
+using BwdDataPd = dnnl::convolution_backward_data::primitive_desc;
+using BwdWeightsPd = dnnl::convolution_backward_weights::primitive_desc;
+
+FwdPd MakeForward(const memory::desc& src, const memory::desc& kernel, const memory::desc& dst,
+                  const Geometry& g) {
+  return FwdPd(Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+               kernel, dst, g.strides, g.dilates, g.pad_l, g.pad_r, UserScratchpad());
+}
+BwdDataPd MakeBackwardData(const memory::desc& src, const memory::desc& kernel,
+                           const memory::desc& dst, const Geometry& g, const FwdPd& hint) {
+  return BwdDataPd(Engine(), dnnl::algorithm::convolution_direct, src, kernel, dst, g.strides,
+                   g.dilates, g.pad_l, g.pad_r, hint, UserScratchpad());
+}
+BwdWeightsPd MakeBackwardWeights(const memory::desc& src, const memory::desc& kernel,
+                                 const memory::desc& dst, const Geometry& g, const FwdPd& hint) {
+  return BwdWeightsPd(Engine(), dnnl::algorithm::convolution_direct, src, kernel, dst, g.strides,
+                      g.dilates, g.pad_l, g.pad_r, hint, UserScratchpad());
+}
+#else
+using FwdPd = dnnl::convolution_forward::primitive_desc;
+using BwdDataPd = dnnl::convolution_backward_data::primitive_desc;
+using BwdWeightsPd = dnnl::convolution_backward_weights::primitive_desc;
+
+FwdPd MakeForward(const memory::desc& src, const memory::desc& kernel, const memory::desc& dst,
+                  const Geometry& g) {
+  dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training,
+                                    dnnl::algorithm::convolution_direct, src, kernel, dst,
+                                    g.strides, g.dilates, g.pad_l, g.pad_r);
+  return FwdPd(d, UserScratchpad(), Engine());
+}
+BwdDataPd MakeBackwardData(const memory::desc& src, const memory::desc& kernel,
+                           const memory::desc& dst, const Geometry& g, const FwdPd& hint) {
+  dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, src, kernel, dst,
+                                          g.strides, g.dilates, g.pad_l, g.pad_r);
+  return BwdDataPd(d, UserScratchpad(), Engine(), hint);
+}
+BwdWeightsPd MakeBackwardWeights(const memory::desc& src, const memory::desc& kernel,
+                                 const memory::desc& dst, const Geometry& g, const FwdPd& hint) {
+  dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, src, kernel, dst,
+                                             g.strides, g.dilates, g.pad_l, g.pad_r);
+  return BwdWeightsPd(d, UserScratchpad(), Engine(), hint);
+}
+#endif
+
 std::unique_ptr<Plan> BuildPlan(Direction direction, const Geometry& g) {
   const memory::desc src = Md(g.src, tag::nhwc), dst = Md(g.dst, tag::nhwc);
   const memory::desc any_kernel = Md(g.weights, tag::any), hwio = Md(g.weights, tag::hwio);
-  dnnl::convolution_forward::desc fwd_desc(dnnl::prop_kind::forward_training,
-                                           dnnl::algorithm::convolution_direct, src, any_kernel, dst,
-                                           g.strides, g.dilates, g.pad_l, g.pad_r);
-  dnnl::convolution_forward::primitive_desc fwd(fwd_desc, UserScratchpad(), Engine());
+  const FwdPd fwd = MakeForward(src, any_kernel, dst, g);
   auto plan = std::make_unique<Plan>();
   memory::desc conv_scratch;
   if (direction == Direction::kForward) {
@@ -106,17 +151,12 @@ std::unique_ptr<Plan> BuildPlan(Direction direction, const Geometry& g) {
     plan->kernel_md = fwd.weights_desc();
     conv_scratch = fwd.scratchpad_desc();
   } else if (direction == Direction::kBackwardData) {
-    dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, src, any_kernel,
-                                            dst, g.strides, g.dilates, g.pad_l, g.pad_r);
-    dnnl::convolution_backward_data::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
+    const BwdDataPd pd = MakeBackwardData(src, any_kernel, dst, g, fwd);
     plan->conv = dnnl::convolution_backward_data(pd);
     plan->kernel_md = pd.weights_desc();
     conv_scratch = pd.scratchpad_desc();
   } else {
-    dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, src,
-                                               any_kernel, dst, g.strides, g.dilates, g.pad_l,
-                                               g.pad_r);
-    dnnl::convolution_backward_weights::primitive_desc pd(d, UserScratchpad(), Engine(), fwd);
+    const BwdWeightsPd pd = MakeBackwardWeights(src, any_kernel, dst, g, fwd);
     plan->conv = dnnl::convolution_backward_weights(pd);
     plan->kernel_md = pd.diff_weights_desc();
     conv_scratch = pd.scratchpad_desc();
