@@ -302,7 +302,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--isolate", action="store_true",
                  help="time each contender in its own process, one after the other, instead of interleaving "
                       "them in one process (where each framework's freed memory and page faults slow the next)")
+  p.add_argument("--in-process", action="store_true",
+                 help="interleave PyTorch's calls with JAX's in this process instead of in a worker process of "
+                      "its own (the frameworks then share one heap: BENCHMARKS.md)")
   p.add_argument("--contender", default=None, help=argparse.SUPPRESS)  # internal: what an --isolate child times
+  p.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)  # internal: common.serve
   p.add_argument("-v", "--verbose", action="store_true")
   args = p.parse_args(argv)
   args.modes = [m for m in args.modes.split(",") if m]
@@ -315,6 +319,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 def torch_formats_to_time(args: argparse.Namespace) -> list[str]:
   """--torch-format auto times both memory formats; otherwise the one asked for."""
   return ["contiguous", "channels_last"] if args.torch_format == "auto" else [args.torch_format]
+
+
+def serve_torch(args: argparse.Namespace) -> None:
+  """--torch-worker: the PyTorch contenders ("<mode>/torch_<format>") of this benchmark's settings, timed
+  one call at a time on the parent's request (common.serve)."""
+  cfg = model_config(args.model)
+  net = build_torch(cfg)  # the same seed, so the same weights as the parent's copy
+  images, boxes = inputs(args.batch, args.size)
+  contenders = {}
+  for mode in args.modes:
+    for f in torch_formats_to_time(args):
+      contenders[f"{mode}/torch_{f}"] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=f,
+                                                       compile_model=args.torch_compile)[mode]
+  common.serve(contenders)
 
 
 def run_isolated(args: argparse.Namespace, argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -345,12 +363,15 @@ def main(argv=None) -> dict[str, Any]:
     record, results = run_isolated(args, argv)
     modes = [m for m in ("infer", "flip", "train") if m in args.modes]
     record["isolated"] = True
+    record["processes"] = "one per contender, one after the other"
     return report(args, record, results, modes, record["loadavg_before"])
   common.apply_model_args(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   # XLA:CPU runs with denormals flushed to zero; give PyTorch the same (its fastest) setting.
   torch.set_flush_denormal(True)
+  if args.torch_worker:
+    return serve_torch(args)
   log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
   load_before = common.load_average()
 
@@ -363,7 +384,8 @@ def main(argv=None) -> dict[str, Any]:
   flops_analytic = analytic_flops(net, args.size)
   modes = [m for m in ("infer", "flip", "train") if m in args.modes]  # train last: it changes the weights
 
-  programs = jax_programs(model, variables, images, boxes, modes)
+  timing_jax = args.contender in (None, "jax")
+  programs = jax_programs(model, variables, images, boxes, modes) if timing_jax else {}
   record: dict[str, Any] = {
       "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
       "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "host_malloc": args.host_malloc, "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
@@ -388,20 +410,34 @@ def main(argv=None) -> dict[str, Any]:
                           k != "joint_volumes" else ref[k].float().numpy())
         for k in ("joint_heatmaps", "coords", "pose_3d")}
 
-  results, formats = {}, {}
-  torch_formats = torch_formats_to_time(args)
-  for mode in modes:
-    contenders = {"jax": programs[mode]["run"]}
-    if not args.no_torch:
-      # Both PyTorch memory formats take turns with JAX (A B C A B C ...); the faster one is the baseline.
-      for f in torch_formats:
-        contenders["torch_" + f] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=f,
-                                                  compile_model=args.torch_compile)[mode]
-    if args.contender:
-      contenders = {args.contender: contenders[args.contender]}
-    if log:
-      log(f"{mode}: timing {list(contenders)}")
-    results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
+  results = {}
+  torch_names = [] if args.no_torch else ["torch_" + f for f in torch_formats_to_time(args)]
+  names = [args.contender] if args.contender else ["jax"] + torch_names
+  # PyTorch runs in a worker process of its own unless --in-process (or an --isolate child's own run).
+  worker = (common.WorkerProcess([sys.executable, __file__, *argv, "--torch-worker"])
+            if torch_names and not args.contender and not args.in_process else None)
+  try:
+    for mode in modes:
+      contenders: dict[str, Any] = {}
+      if "jax" in names:
+        contenders["jax"] = programs[mode]["run"]
+      if worker is not None:
+        contenders.update({n: call for n, call in zip(
+            torch_names, worker.calls([f"{mode}/{n}" for n in torch_names]).values())})
+      else:
+        # Both PyTorch memory formats take turns with JAX (A B C A B C ...); the faster one is the baseline.
+        for n in torch_names:
+          if n in names:
+            contenders[n] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=n[len("torch_"):],
+                                           compile_model=args.torch_compile)[mode]
+      if log:
+        log(f"{mode}: timing {list(contenders)}" + (" (PyTorch in its own process)" if worker else ""))
+      results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
+  finally:
+    if worker is not None:
+      worker.close()
+  record["processes"] = ("isolated" if args.contender else "PyTorch in a worker process" if worker
+                         else "one process")
   return report(args, record, results, modes, load_before)
 
 
@@ -436,7 +472,9 @@ def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, 
   record.update(results=results, torch_format=formats,
                 loadavg_before=load_before, loadavg_after=common.load_average(), machine=common.machine_info())
   fl = record["flops_per_image"]
-  how = "runs, one process per contender" if args.isolate else "interleaved runs"
+  how = {"one process": "interleaved runs in one process",
+         "PyTorch in a worker process": "interleaved runs, PyTorch in a process of its own"}.get(
+             record.get("processes"), "runs, one process per contender, one after the other")
   print(f"CascadedLiftNet ({args.model}) vs PyTorch SpecNet: batch {args.batch}, {args.size} px, {args.dtype}, "
         f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} {how}")
   print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cpus), load avg "

@@ -5,7 +5,9 @@ holds everything (machine, versions, settings, timings), so that results can be 
 `grep '^JSON ' | cut -c6-`.
 
 Timing on a shared machine: run the contenders in turns (A B A B ...) so that a burst of load from
-another process hits both, report medians, and record the load average before and after.
+another process hits both, report medians, and record the load average before and after. Contenders
+may live in other processes (WorkerProcess / serve): bench_model.py keeps PyTorch in its own, so that
+neither framework's heap is shaped by the other's allocations (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -86,33 +88,108 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t0
 
 
-def interleaved(contenders: Mapping[str, Callable[[], Any]], *, warmup: int, repeats: int,
-                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-  """Times each blocking callable in turns: warmup rounds (first one = compile), then repeats rounds.
-
-  Returns per contender: first_s (the first call, which includes compilation), times_s (timed calls),
-  median_s and min_s, and for the timed calls the process's minor page faults and system CPU seconds
-  during each (minor_faults, sys_s; getrusage, Unix only): how much of a step the kernel spent mapping
-  fresh memory.
-  """
+def measure_call(fn: Callable[[], Any]) -> dict[str, Any]:
+  """One blocking call of fn: its seconds, and the process's minor page faults and system CPU seconds
+  during it (getrusage, Unix only): how much of the call the kernel spent mapping fresh memory."""
   import resource  # pylint: disable=g-import-not-at-top
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  dt = time_call(fn)
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {"s": dt, "minor_faults": after.ru_minflt - before.ru_minflt,
+          "sys_s": round(after.ru_stime - before.ru_stime, 3)}
+
+
+class WorkerProcess:
+  """A child process that holds some contenders and times one call of any of them on request, so that
+  contenders living in different processes (each framework with its own heap) still take turns.
+
+  The child runs `cmd` and calls serve() with its contenders; calls(names) gives stand-ins for
+  interleaved() that measure in the child (its own time, page faults and system seconds).
+  """
+
+  def __init__(self, cmd: Sequence[str], env: Mapping[str, str] | None = None):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    self.cmd = list(cmd)
+    # stderr is inherited: the child's warnings and -v log go where ours go.
+    self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 bufsize=1, env=None if env is None else dict(env))
+    self.names = self._reply("READY")
+
+  def _reply(self, tag: str) -> Any:
+    assert self.proc.stdout is not None
+    for line in self.proc.stdout:  # other output of the child is skipped
+      if line.startswith(tag + " "):
+        return json.loads(line[len(tag) + 1:])
+    raise RuntimeError(f"benchmark worker {' '.join(self.cmd)} exited ({self.proc.wait()}) before "
+                       f"answering {tag}; its stderr is above")
+
+  def measure(self, name: str) -> dict[str, Any]:
+    assert self.proc.stdin is not None
+    self.proc.stdin.write(name + "\n")
+    self.proc.stdin.flush()
+    return self._reply("RESULT")
+
+  def calls(self, names: Sequence[str]) -> dict[str, "_RemoteCall"]:
+    missing = set(names) - set(self.names)
+    if missing:
+      raise KeyError(f"worker has no contender(s) {sorted(missing)}; it has {self.names}")
+    return {n: _RemoteCall(self, n) for n in names}
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      assert self.proc.stdin is not None
+      self.proc.stdin.close()  # serve() ends at end of input
+      self.proc.wait()
+
+  def __enter__(self) -> "WorkerProcess":
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    self.close()
+
+
+class _RemoteCall:
+  """A contender of a WorkerProcess, as interleaved() takes it."""
+
+  def __init__(self, worker: WorkerProcess, name: str):
+    self.worker, self.name = worker, name
+
+  def measure(self) -> dict[str, Any]:
+    return self.worker.measure(self.name)
+
+
+def serve(contenders: Mapping[str, Callable[[], Any]]) -> None:
+  """The child side of WorkerProcess: announces its contenders, then times one call per input line
+  naming one, until end of input."""
+  print("READY " + json.dumps(sorted(contenders)), flush=True)
+  for line in sys.stdin:
+    name = line.strip()
+    print("RESULT " + json.dumps(measure_call(contenders[name])), flush=True)
+
+
+def interleaved(contenders: Mapping[str, Any], *, warmup: int, repeats: int,
+                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+  """Times each contender in turns: warmup rounds (first one = compile), then repeats rounds.
+
+  A contender is a blocking callable, timed here, or a WorkerProcess call (anything with a measure()
+  method), timed in its own process. Returns per contender: first_s (the first call, which includes
+  compilation), times_s (timed calls), median_s and min_s, and for the timed calls the minor page
+  faults and system CPU seconds of the contender's process during each (minor_faults, sys_s).
+  """
   out: dict[str, dict[str, Any]] = {k: {"first_s": None, "times_s": [], "minor_faults": [], "sys_s": []}
                                     for k in contenders}
   for r in range(warmup + repeats):
     for name, fn in contenders.items():
-      before = resource.getrusage(resource.RUSAGE_SELF)
-      dt = time_call(fn)
-      after = resource.getrusage(resource.RUSAGE_SELF)
-      faults, sys_s = after.ru_minflt - before.ru_minflt, after.ru_stime - before.ru_stime
+      m = fn.measure() if hasattr(fn, "measure") else measure_call(fn)
       if r == 0:
-        out[name]["first_s"] = dt
+        out[name]["first_s"] = m["s"]
       if r >= warmup:
-        out[name]["times_s"].append(dt)
-        out[name]["minor_faults"].append(faults)
-        out[name]["sys_s"].append(round(sys_s, 3))
+        out[name]["times_s"].append(m["s"])
+        out[name]["minor_faults"].append(m["minor_faults"])
+        out[name]["sys_s"].append(m["sys_s"])
       if log is not None:
-        log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {dt:.3f} s "
-            f"({faults} minor faults, {sys_s:.2f} s system)")
+        log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {m['s']:.3f} s "
+            f"({m['minor_faults']} minor faults, {m['sys_s']:.2f} s system)")
   for v in out.values():
     v["median_s"] = statistics.median(v["times_s"]) if v["times_s"] else None
     v["min_s"] = min(v["times_s"]) if v["times_s"] else None

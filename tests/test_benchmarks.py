@@ -6,6 +6,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_ops  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
@@ -66,3 +67,45 @@ def test_xla_flops_counts_convolutions_of_a_function_already_traced_with_onednn(
   # 2 x the multiply-adds of a 3x3 SAME convolution that touch the image (XLA skips the padding): per
   # spatial axis the 8 outputs read 3 taps each but the two border outputs one fewer, 22 in all.
   assert flops == 2 * 2 * 4 * 3 * 22 * 22
+
+
+_WORKER_SCRIPT = """
+import sys
+sys.path.insert(0, {benchmarks!r})
+import common
+
+def touch_fresh_memory():  # 64 MiB written: glibc maps a fresh block (no huge pages) and unmaps it after
+  return len(bytearray(b"x") * (64 * 2**20))
+
+common.serve({{"touch": touch_fresh_memory, "noop": lambda: None}})
+"""
+
+
+def test_worker_process_contenders_are_timed_in_their_own_process(tmp_path):
+  import resource  # pylint: disable=g-import-not-at-top
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  script = tmp_path / "worker.py"
+  script.write_text(_WORKER_SCRIPT.format(benchmarks=str(pathlib.Path(common.__file__).parent)))
+  with common.WorkerProcess([sys.executable, str(script)]) as worker:
+    assert worker.names == ["noop", "touch"]
+    with np.testing.assert_raises(KeyError):
+      worker.calls(["touch", "missing"])
+    local = []
+    contenders = {"local": lambda: local.append(1), **worker.calls(["touch", "noop"])}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = common.interleaved(contenders, warmup=1, repeats=2)
+    parent_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+  assert len(local) == 3  # the local contender ran here, once per round
+  assert [len(out[k]["times_s"]) for k in ("local", "touch", "noop")] == [2, 2, 2]
+  # 64 MiB = 16384 pages faulted in the worker on every call; the parent faulted far fewer in all.
+  assert min(out["touch"]["minor_faults"]) >= 16384 > parent_faults
+  assert max(out["noop"]["minor_faults"]) < 1000
+  assert worker.proc.returncode == 0  # closed at the end of the with block
+
+
+def test_worker_process_that_dies_is_reported_with_its_command(tmp_path):
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  script = tmp_path / "broken.py"
+  script.write_text("raise SystemExit(3)\n")
+  with pytest.raises(RuntimeError, match=r"broken\.py exited \(3\) before answering READY"):
+    common.WorkerProcess([sys.executable, str(script)])
