@@ -159,6 +159,14 @@ def _register_once() -> str | None:
   return loaded if isinstance(loaded, str) else None
 
 
+def max_concurrent_calls() -> int:
+  """The most kernel calls this process has seen executing at once (the kernels serialise: 1, or 0
+  before the first call); raises KernelUnavailable when the kernels are unavailable."""
+  register()
+  lib = _load()
+  return int(lib.CascadedLiftOnednnMaxConcurrency())
+
+
 def version() -> str | None:
   """The version of the oneDNN library the kernels run on (e.g. "3.2.0"), None when unavailable."""
   lib = _load()
