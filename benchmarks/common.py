@@ -216,7 +216,7 @@ def print_json(record: Mapping[str, Any]) -> None:
   print("JSON " + json.dumps(record, default=str, separators=(",", ":")), flush=True)
 
 
-DECONV_FORMULATIONS = ("four_phase", "depth_to_space", "conv_transpose")
+DECONV_FORMULATIONS = ("auto", "adjoint_conv", "four_phase", "depth_to_space", "conv_transpose")
 
 
 def add_model_args(parser: Any, *, dtype: bool = True) -> None:
@@ -229,7 +229,9 @@ def add_model_args(parser: Any, *, dtype: bool = True) -> None:
   if dtype:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
-  parser.add_argument("--deconv", default="four_phase", choices=DECONV_FORMULATIONS)
+  parser.add_argument("--deconv", default="auto", choices=DECONV_FORMULATIONS,
+                      help="the transposed convolutions' formulation (models/deconv.py; auto: adjoint_conv with "
+                           "oneDNN's kernels, else four_phase)")
   parser.add_argument("--host-malloc", default="retain", choices=("retain", "default"),
                       help="glibc malloc for the whole process, both frameworks: 'retain' keeps freed memory "
                            "for reuse (cascaded_lift/hostmem.py; the trainer's default), 'default' leaves glibc's")

@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   # CascadedLiftNet constructor arguments (num_joints/num_bones/depth_bins come from skeleton/data).
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=50, resnet_width=64, resnet_output_stride=32, head_width=256, bone_width=128, lifter_width=1024,
-      lifter_blocks=5, lifter_layers_per_block=3, lifter_dropout=0.0, deconv_formulation="four_phase"))
+      lifter_blocks=5, lifter_layers_per_block=3, lifter_dropout=0.0, deconv_formulation="auto"))
 
   # The data section (fields documented in cascaded_lift/data/config.py); its skeleton follows c.skeleton.
   c.data = data_config.default_data_config()

@@ -43,7 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=18, resnet_width=16, head_width=32, bone_width=16, lifter_width=256, lifter_blocks=2,
-      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="four_phase",
+      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="auto",
       volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1,
       resnet_output_stride=16, num_deconvs=1))  # 96 px crops, stride 16 -> 6x6 C5, one deconv -> 12x12 maps
   c.data.train_3d = data_config.source_config("synthetic", "train", "studio")

@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = synthetic.get_config()
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=18, resnet_width=8, head_width=16, bone_width=8, lifter_width=32, lifter_blocks=1,
-      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="four_phase",
+      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="auto",
       volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1, depth_bottlenecks=1,
       num_deconvs=3))
   c.data.train_3d.config = "small"

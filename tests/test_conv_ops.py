@@ -58,6 +58,32 @@ def test_conv2d_matches_torch_forward_and_gradients(k, s, d, p, c, kernel_grad):
   np.testing.assert_allclose(gw, wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,s,d,p,c", CASES)
+def test_conv2d_transpose_is_the_convolutions_input_gradient(k, s, d, p, c, kernel_grad):
+  """conv2d_transpose(y) = vjp of lax.conv_general_dilated in x, applied to y; and its gradients in y and
+  the kernel are those of that reference (autodiff through XLA's transposed convolution)."""
+  x, w = _case(k, c)
+  pad = ((p, p), (p, p))
+  ref_conv = lambda v, kk: jax.lax.conv_general_dilated(  # noqa: E731
+      v, kk, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = np.random.default_rng(3).normal(size=jax.eval_shape(ref_conv, x, w).shape).astype(np.float32)
+
+  def ref(y, kk):
+    return jax.vjp(lambda v: ref_conv(v, kk), jnp.zeros_like(x))[1](y)[0]
+
+  ours = lambda y, kk: conv_ops.conv2d_transpose(y, kk, s, pad, d, x.shape[1:3])  # noqa: E731
+  np.testing.assert_allclose(jax.jit(ours)(y, w), ref(y, w), rtol=1e-4, atol=1e-4)
+  cot = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
+  g_ours = jax.jit(jax.grad(lambda y, kk: jnp.sum(ours(y, kk) * cot), argnums=(0, 1)))(y, w)
+  g_ref = jax.grad(lambda y, kk: jnp.sum(ref(y, kk) * cot), argnums=(0, 1))(y, w)
+  for a, b in zip(g_ours, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  if kernel_grad == "onednn":  # computed by the three custom calls alone, no XLA convolution
+    grad = jax.jit(jax.grad(lambda y, kk: jnp.sum(ours(y, kk) * cot), argnums=(0, 1)))
+    text = grad.lower(y, w).compile().as_text() + jax.jit(ours).lower(y, w).compile().as_text()
+    assert all(t in text for t in onednn.TARGETS) and " convolution(" not in text
+
+
 def test_kernel_gradient_matches_a_numpy_loop(kernel_grad):
   k, s, d, p, c = 3, 2, 2, 2, 3
   x, w = _case(k, c, seed=3)

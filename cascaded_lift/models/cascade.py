@@ -58,7 +58,8 @@ class CascadedLiftNet(nn.Module):
     aspp_dilations: dilations of the ASPP's 3x3 branches.
     lifter_width, lifter_blocks, lifter_layers_per_block, lifter_dropout: the lifter (with dropout > 0,
       training applies need rngs={'dropout': key}).
-    deconv_formulation: "four_phase" | "depth_to_space" | "conv_transpose" (same parameters).
+    deconv_formulation: "auto" | "adjoint_conv" | "four_phase" | "depth_to_space" | "conv_transpose"
+      (same parameters; deconv.py).
     dtype: compute dtype; param_dtype: parameter dtype; lifter_dtype: the lifter's compute dtype.
   """
 
@@ -82,7 +83,7 @@ class CascadedLiftNet(nn.Module):
   lifter_blocks: int = 5
   lifter_layers_per_block: int = 3
   lifter_dropout: float = 0.0
-  deconv_formulation: str = "four_phase"
+  deconv_formulation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   lifter_dtype: Dtype = jnp.float32

@@ -304,3 +304,62 @@ def _onednn_bwd(stride, padding, dilation, residuals, dy):
 
 
 _conv2d_onednn.defvjp(_onednn_fwd, _onednn_bwd)
+
+
+# --- The adjoint of a convolution (transposed convolution) -------------------------------------------
+
+
+def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int,
+                     x_hw: tuple[int, int]) -> jax.Array:
+  """The adjoint (transpose) of `conv2d(., kernel, stride, padding, dilation)`, applied to y.
+
+  (B, H', W', F) -> (B, H, W, C) for a (kh, kw, C, F) kernel, where (H, W) = x_hw is the size of the
+  convolution's input (several sizes give the same H' when stride > 1). It is the input gradient of
+  the convolution, jax.vjp(lambda x: conv2d(x, ...), x)[1](y), i.e. what cuDNN's and oneDNN's
+  "deconvolutions" compute. With oneDNN active: one backward-data call, and the gradients are a forward
+  call (for y) and a backward-weights call with the roles of the maps swapped (for the kernel).
+  """
+  if onednn_active(y.dtype) and onednn_active(kernel.dtype):
+    return _conv2d_transpose_onednn(y, kernel, stride, padding, dilation, tuple(x_hw))
+  x = jax.ShapeDtypeStruct((y.shape[0], *x_hw, kernel.shape[2]), y.dtype)
+  return jax.linear_transpose(lambda v: xla_conv2d(v, kernel, stride, padding, dilation), x)(y)[0]
+
+
+def _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw):
+  x_shape = (y.shape[0], *x_hw, kernel.shape[2])
+
+  def xla_adjoint(g, k):
+    x = jax.ShapeDtypeStruct(x_shape, g.dtype)
+    return jax.linear_transpose(lambda v: xla_conv2d(v, k, stride, padding, dilation), x)(g)[0]
+
+  return jax.lax.platform_dependent(
+      y, kernel,
+      cpu=lambda g, k: _ffi(_BACKWARD_DATA, g, k, x_shape, stride=stride, padding=padding, dilation=dilation),
+      default=xla_adjoint)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv2d_transpose_onednn(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int,
+                             x_hw: tuple[int, int]) -> jax.Array:
+  return _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw)
+
+
+def _transpose_fwd(y, kernel, stride, padding, dilation, x_hw):
+  return _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw), (y, kernel)
+
+
+def _transpose_bwd(stride, padding, dilation, x_hw, residuals, dx):
+  del x_hw
+  y, kernel = residuals
+  conv = dict(stride=stride, padding=padding, dilation=dilation)
+  # The adjoint's adjoint is the convolution itself; its kernel gradient is the convolution's, with
+  # the cotangent dx in the input's place and y in the output gradient's.
+  dy = _onednn_forward(dx, kernel, stride, padding, dilation)
+  dk = jax.lax.platform_dependent(
+      dx, y,
+      cpu=lambda a, g: _ffi(_BACKWARD_WEIGHTS, a, g, tuple(kernel.shape), **conv),
+      default=lambda a, g: _kernel_grad_xla(a, g, kernel.shape, stride, padding, dilation).astype(kernel.dtype))
+  return dy, dk
+
+
+_conv2d_transpose_onednn.defvjp(_transpose_fwd, _transpose_bwd)

@@ -23,7 +23,7 @@ class _Upsampler(nn.Module):
 
   width: int
   num_deconvs: int = 3
-  formulation: str = "four_phase"
+  formulation: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
