@@ -18,6 +18,14 @@ Modes (--modes, comma-separated):
 Each mode interleaves JAX and PyTorch calls (A B A B ...), --warmup rounds then --repeats timed
 rounds, and reports medians; throughput = batch / median seconds.
 
+Processes: by default each PyTorch memory format runs in a worker process of its own
+(common.WorkerProcess), one format after the other, and its calls alternate with JAX's calls in this
+process; JAX's timings pool over both passes. Users run one framework per process, and two of them
+in one process share one glibc heap, where each one's freed blocks make the other fault fresh pages
+(measured: JAX's step 4.2 s alone, 4.8-6.6 s right after PyTorch's in one process; BENCHMARKS.md).
+--in-process interleaves everything in this process (the old way); --isolate runs one process per
+contender, one after the other, with no interleaving.
+
 FLOPs per image: XLA's cost analysis of the compiled JAX programs (jax.jit(f).lower(...).compile()
 .cost_analysis()['flops'], divided by the batch; compiled with XLA's own convolutions for this, since
 the oneDNN custom calls are opaque to it), next to an analytic count of the convolutions,
@@ -29,7 +37,7 @@ Usage (prints a table, then one line starting with "JSON "):
   python benchmarks/bench_model.py --dtype bfloat16 --modes infer
 Options: --model tiny|full --batch N --size S --dtype float32|bfloat16 --modes train,infer,flip
   --warmup N --repeats N --threads N --deconv four_phase|depth_to_space|conv_transpose
-  --torch-format auto|contiguous|channels_last --no-torch --torch-compile -v
+  --torch-format auto|contiguous|channels_last --no-torch --torch-compile --in-process --isolate -v
 """
 
 from __future__ import annotations
@@ -401,7 +409,41 @@ def main(argv=None) -> dict[str, Any]:
       "jax_xla_buffers_bytes": {m: programs[m]["memory"] for m in programs},
   }
 
+  results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
+  torch_names = [] if args.no_torch else ["torch_" + f for f in torch_formats_to_time(args)]
+  names = [args.contender] if args.contender else ["jax"] + torch_names
+  if torch_names and not args.contender and not args.in_process:
+    # Each PyTorch memory format in a worker process of its own, one after the other, its calls
+    # interleaved with JAX's; JAX's timings pool over both passes. (Two formats in one process fault
+    # each other's freed pages back in, like two frameworks do; and three big processes at once would
+    # not fit a 24 GiB machine.)
+    for n in torch_names:
+      with common.WorkerProcess([sys.executable, __file__, *argv, "--torch-worker",
+                                 "--torch-format", n[len("torch_"):]]) as worker:
+        for mode in modes:
+          contenders = {"jax": programs[mode]["run"], n: worker.calls([f"{mode}/{n}"])[f"{mode}/{n}"]}
+          if log:
+            log(f"{mode}: timing {list(contenders)} ({n} in a process of its own)")
+          r = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
+          results[mode][n] = r[n]
+          results[mode]["jax"] = common.pool_timings(results[mode].get("jax"), r["jax"])
+    record["processes"] = "each PyTorch format in a worker process of its own"
+  else:
+    for mode in modes:
+      contenders: dict[str, Any] = {}
+      if "jax" in names:
+        contenders["jax"] = programs[mode]["run"]
+      # Both PyTorch memory formats take turns with JAX (A B C A B C ...); the faster one is the baseline.
+      for n in torch_names:
+        if n in names:
+          contenders[n] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=n[len("torch_"):],
+                                         compile_model=args.torch_compile)[mode]
+      if log:
+        log(f"{mode}: timing {list(contenders)}")
+      results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
+    record["processes"] = "isolated" if args.contender else "one process"
   # Same weights, same inputs: the float32 inference outputs agree (a check that both run one model).
+  # After the timing, so that PyTorch's allocations in this process do not shape JAX's heap before it.
   if "infer" in programs and not args.no_torch:
     out = programs["infer"]["fn"]()
     ref = torch_programs(net, images, boxes, ["infer"], dtype=args.dtype, fmt="contiguous")["infer"]()
@@ -410,34 +452,6 @@ def main(argv=None) -> dict[str, Any]:
                           k != "joint_volumes" else ref[k].float().numpy())
         for k in ("joint_heatmaps", "coords", "pose_3d")}
 
-  results = {}
-  torch_names = [] if args.no_torch else ["torch_" + f for f in torch_formats_to_time(args)]
-  names = [args.contender] if args.contender else ["jax"] + torch_names
-  # PyTorch runs in a worker process of its own unless --in-process (or an --isolate child's own run).
-  worker = (common.WorkerProcess([sys.executable, __file__, *argv, "--torch-worker"])
-            if torch_names and not args.contender and not args.in_process else None)
-  try:
-    for mode in modes:
-      contenders: dict[str, Any] = {}
-      if "jax" in names:
-        contenders["jax"] = programs[mode]["run"]
-      if worker is not None:
-        contenders.update({n: call for n, call in zip(
-            torch_names, worker.calls([f"{mode}/{n}" for n in torch_names]).values())})
-      else:
-        # Both PyTorch memory formats take turns with JAX (A B C A B C ...); the faster one is the baseline.
-        for n in torch_names:
-          if n in names:
-            contenders[n] = torch_programs(net, images, boxes, [mode], dtype=args.dtype, fmt=n[len("torch_"):],
-                                           compile_model=args.torch_compile)[mode]
-      if log:
-        log(f"{mode}: timing {list(contenders)}" + (" (PyTorch in its own process)" if worker else ""))
-      results[mode] = common.interleaved(contenders, warmup=args.warmup, repeats=args.repeats, log=log)
-  finally:
-    if worker is not None:
-      worker.close()
-  record["processes"] = ("isolated" if args.contender else "PyTorch in a worker process" if worker
-                         else "one process")
   return report(args, record, results, modes, load_before)
 
 
@@ -473,7 +487,8 @@ def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, 
                 loadavg_before=load_before, loadavg_after=common.load_average(), machine=common.machine_info())
   fl = record["flops_per_image"]
   how = {"one process": "interleaved runs in one process",
-         "PyTorch in a worker process": "interleaved runs, PyTorch in a process of its own"}.get(
+         "each PyTorch format in a worker process of its own":
+             "interleaved runs, each PyTorch format in a process of its own (JAX pooled over both)"}.get(
              record.get("processes"), "runs, one process per contender, one after the other")
   print(f"CascadedLiftNet ({args.model}) vs PyTorch SpecNet: batch {args.batch}, {args.size} px, {args.dtype}, "
         f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} {how}")
@@ -486,6 +501,19 @@ def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, 
           + ", ".join(f"{k} {v:.1e}" for k, v in record["parity_rel_error"].items()))
   print(common.table(["mode", "jax s/step", "jax img/s", "torch s/step", "torch img/s", "jax/torch",
                       "torch format"], rows))
+  for mode in modes:
+    others = [f"{f} {results[mode]['torch_' + f]['median_s']:.3g} s" for f in torch_formats
+              if f != formats.get(mode) and "torch_" + f in results[mode]]
+    if others:
+      print(f"{mode}: PyTorch's other format: " + ", ".join(others))
+  peaks: dict[str, int] = {}
+  for mode in modes:
+    for name, r in results[mode].items():
+      if name != "torch" and isinstance(r, dict) and r.get("peak_rss_mib"):
+        peaks[name] = max(peaks.get(name, 0), r["peak_rss_mib"])
+  if peaks:
+    print("peak resident memory of each contender's process (MiB): "
+          + ", ".join(f"{k} {v}" for k, v in peaks.items()))
   common.print_json(record)
   return record
 

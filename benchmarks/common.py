@@ -88,6 +88,23 @@ def time_call(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t0
 
 
+def peak_rss_mib() -> int | None:
+  """This process's peak resident memory in MiB: VmHWM of /proc/self/status (the current program's
+  own; getrusage's ru_maxrss would also count the parent's memory at fork, kept across exec)."""
+  try:
+    with open("/proc/self/status", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) // 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+  except (ImportError, OSError):
+    return None
+
+
 def measure_call(fn: Callable[[], Any]) -> dict[str, Any]:
   """One blocking call of fn: its seconds, and the process's minor page faults and system CPU seconds
   during it (getrusage, Unix only): how much of the call the kernel spent mapping fresh memory."""
@@ -96,7 +113,7 @@ def measure_call(fn: Callable[[], Any]) -> dict[str, Any]:
   dt = time_call(fn)
   after = resource.getrusage(resource.RUSAGE_SELF)
   return {"s": dt, "minor_faults": after.ru_minflt - before.ru_minflt,
-          "sys_s": round(after.ru_stime - before.ru_stime, 3)}
+          "sys_s": round(after.ru_stime - before.ru_stime, 3), "peak_rss_mib": peak_rss_mib()}
 
 
 class WorkerProcess:
@@ -187,12 +204,26 @@ def interleaved(contenders: Mapping[str, Any], *, warmup: int, repeats: int,
         out[name]["times_s"].append(m["s"])
         out[name]["minor_faults"].append(m["minor_faults"])
         out[name]["sys_s"].append(m["sys_s"])
+      out[name]["peak_rss_mib"] = m["peak_rss_mib"]
       if log is not None:
         log(f"  round {r} {'warmup' if r < warmup else 'timed'} {name}: {m['s']:.3f} s "
             f"({m['minor_faults']} minor faults, {m['sys_s']:.2f} s system)")
   for v in out.values():
     v["median_s"] = statistics.median(v["times_s"]) if v["times_s"] else None
     v["min_s"] = min(v["times_s"]) if v["times_s"] else None
+  return out
+
+
+def pool_timings(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+  """One contender's interleaved() timings from two runs as one: the timed calls of both (first_s from
+  the first run, the larger peak memory), median and min over all of them."""
+  if a is None:
+    return dict(b)
+  out = {"first_s": a["first_s"], "peak_rss_mib": max(a.get("peak_rss_mib") or 0, b.get("peak_rss_mib") or 0)}
+  for k in ("times_s", "minor_faults", "sys_s"):
+    out[k] = a[k] + b[k]
+  out["median_s"] = statistics.median(out["times_s"]) if out["times_s"] else None
+  out["min_s"] = min(out["times_s"]) if out["times_s"] else None
   return out
 
 

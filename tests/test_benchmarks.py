@@ -86,6 +86,7 @@ def test_worker_process_contenders_are_timed_in_their_own_process(tmp_path):
   import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
   script = tmp_path / "worker.py"
   script.write_text(_WORKER_SCRIPT.format(benchmarks=str(pathlib.Path(common.__file__).parent)))
+  ballast = bytearray(b"x") * (384 * 2**20)  # this process's memory when it starts the worker
   with common.WorkerProcess([sys.executable, str(script)]) as worker:
     assert worker.names == ["noop", "touch"]
     with np.testing.assert_raises(KeyError):
@@ -100,7 +101,23 @@ def test_worker_process_contenders_are_timed_in_their_own_process(tmp_path):
   # 64 MiB = 16384 pages faulted in the worker on every call; the parent faulted far fewer in all.
   assert min(out["touch"]["minor_faults"]) >= 16384 > parent_faults
   assert max(out["noop"]["minor_faults"]) < 1000
+  # The worker's own peak memory: its 64 MiB blocks, not the 384 MiB its parent held when it started.
+  assert 64 <= out["touch"]["peak_rss_mib"] < 300 <= common.peak_rss_mib()
   assert worker.proc.returncode == 0  # closed at the end of the with block
+  del ballast
+
+
+def test_pool_timings_joins_two_runs_of_one_contender():
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  a = {"first_s": 9.0, "times_s": [4.0, 6.0], "minor_faults": [0, 5], "sys_s": [0.1, 0.2], "peak_rss_mib": 700,
+       "median_s": 5.0, "min_s": 4.0}
+  b = {"first_s": 1.0, "times_s": [3.0, 8.0, 5.5], "minor_faults": [1, 2, 3], "sys_s": [0.0, 0.0, 0.3],
+       "peak_rss_mib": 900, "median_s": 5.5, "min_s": 3.0}
+  assert common.pool_timings(None, b) == b
+  pooled = common.pool_timings(a, b)
+  assert pooled["times_s"] == [4.0, 6.0, 3.0, 8.0, 5.5] and pooled["minor_faults"] == [0, 5, 1, 2, 3]
+  assert pooled["median_s"] == 5.5 and pooled["min_s"] == 3.0  # of 3, 4, 5.5, 6, 8
+  assert pooled["first_s"] == 9.0 and pooled["peak_rss_mib"] == 900
 
 
 def test_worker_process_that_dies_is_reported_with_its_command(tmp_path):
