@@ -285,22 +285,37 @@ def _onednn_fwd(x, kernel, stride, padding, dilation):
   return _onednn_forward(x, kernel, stride, padding, dilation), (x, kernel)
 
 
-def _onednn_bwd(stride, padding, dilation, residuals, dy):
-  x, kernel = residuals
+def _xla_input_grad(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int, padding: Padding,
+                    dilation: int) -> jax.Array:
+  """XLA's input gradient of xla_conv2d for an input of x_shape: the convolution's adjoint applied to dy."""
+  x = jax.ShapeDtypeStruct(tuple(x_shape), dy.dtype)
+  return jax.linear_transpose(lambda v: xla_conv2d(v, kernel, stride, padding, dilation), x)(dy)[0]
+
+
+def _onednn_kernel_grad(x: jax.Array, dy: jax.Array, kernel: jax.Array, stride: int, padding: Padding,
+                        dilation: int) -> jax.Array:
+  """The kernel gradient of conv2d(x, kernel, ...) for output gradient dy: oneDNN's on CPU, else XLA's."""
   conv = dict(stride=stride, padding=padding, dilation=dilation)
-
-  def xla_input_grad(g, k):
-    return jax.vjp(lambda v: xla_conv2d(v, k, stride, padding, dilation), x)[1](g)[0]
-
-  dx = jax.lax.platform_dependent(
-      dy, kernel,
-      cpu=lambda g, k: _ffi(_BACKWARD_DATA, g, k, tuple(x.shape), **conv),
-      default=xla_input_grad)
-  dk = jax.lax.platform_dependent(
+  return jax.lax.platform_dependent(
       x, dy,
       cpu=lambda a, g: _ffi(_BACKWARD_WEIGHTS, a, g, tuple(kernel.shape), **conv),
       default=lambda a, g: _kernel_grad_xla(a, g, kernel.shape, stride, padding, dilation).astype(kernel.dtype))
-  return dx, dk
+
+
+def _onednn_backward_data(dy: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...], stride: int,
+                          padding: Padding, dilation: int) -> jax.Array:
+  """The input gradient of conv2d for an input of x_shape: oneDNN's on CPU, else XLA's."""
+  return jax.lax.platform_dependent(
+      dy, kernel,
+      cpu=lambda g, k: _ffi(_BACKWARD_DATA, g, k, tuple(x_shape), stride=stride, padding=padding,
+                            dilation=dilation),
+      default=lambda g, k: _xla_input_grad(g, k, x_shape, stride, padding, dilation))
+
+
+def _onednn_bwd(stride, padding, dilation, residuals, dy):
+  x, kernel = residuals
+  return (_onednn_backward_data(dy, kernel, x.shape, stride, padding, dilation),
+          _onednn_kernel_grad(x, dy, kernel, stride, padding, dilation))
 
 
 _conv2d_onednn.defvjp(_onednn_fwd, _onednn_bwd)
@@ -321,45 +336,27 @@ def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padd
   """
   if onednn_active(y.dtype) and onednn_active(kernel.dtype):
     return _conv2d_transpose_onednn(y, kernel, stride, padding, dilation, tuple(x_hw))
-  x = jax.ShapeDtypeStruct((y.shape[0], *x_hw, kernel.shape[2]), y.dtype)
-  return jax.linear_transpose(lambda v: xla_conv2d(v, kernel, stride, padding, dilation), x)(y)[0]
-
-
-def _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw):
-  x_shape = (y.shape[0], *x_hw, kernel.shape[2])
-
-  def xla_adjoint(g, k):
-    x = jax.ShapeDtypeStruct(x_shape, g.dtype)
-    return jax.linear_transpose(lambda v: xla_conv2d(v, k, stride, padding, dilation), x)(g)[0]
-
-  return jax.lax.platform_dependent(
-      y, kernel,
-      cpu=lambda g, k: _ffi(_BACKWARD_DATA, g, k, x_shape, stride=stride, padding=padding, dilation=dilation),
-      default=xla_adjoint)
+  return _xla_input_grad(y, kernel, (y.shape[0], *x_hw, kernel.shape[2]), stride, padding, dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv2d_transpose_onednn(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int,
                              x_hw: tuple[int, int]) -> jax.Array:
-  return _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw)
+  return _onednn_backward_data(y, kernel, (y.shape[0], *x_hw, kernel.shape[2]), stride, padding, dilation)
 
 
 def _transpose_fwd(y, kernel, stride, padding, dilation, x_hw):
-  return _onednn_transpose_forward(y, kernel, stride, padding, dilation, x_hw), (y, kernel)
+  x_shape = (y.shape[0], *x_hw, kernel.shape[2])
+  return _onednn_backward_data(y, kernel, x_shape, stride, padding, dilation), (y, kernel)
 
 
 def _transpose_bwd(stride, padding, dilation, x_hw, residuals, dx):
   del x_hw
   y, kernel = residuals
-  conv = dict(stride=stride, padding=padding, dilation=dilation)
   # The adjoint's adjoint is the convolution itself; its kernel gradient is the convolution's, with
   # the cotangent dx in the input's place and y in the output gradient's.
-  dy = _onednn_forward(dx, kernel, stride, padding, dilation)
-  dk = jax.lax.platform_dependent(
-      dx, y,
-      cpu=lambda a, g: _ffi(_BACKWARD_WEIGHTS, a, g, tuple(kernel.shape), **conv),
-      default=lambda a, g: _kernel_grad_xla(a, g, kernel.shape, stride, padding, dilation).astype(kernel.dtype))
-  return dy, dk
+  return (_onednn_forward(dx, kernel, stride, padding, dilation),
+          _onednn_kernel_grad(dx, y, kernel, stride, padding, dilation))
 
 
 _conv2d_transpose_onednn.defvjp(_transpose_fwd, _transpose_bwd)
