@@ -129,9 +129,14 @@ def test_bfloat16_gradients_keep_their_dtype_and_track_float32(kernel_grad):
 
 
 @pytest.mark.parametrize("window,stride,pad", [(3, 2, 1), (2, 2, 0), (3, 1, 1)])
-def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window, stride, pad):
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window, stride, pad, ties):
+  """With ties the gradient goes to the window's first maximum in row-major order (np.argmax; PyTorch's
+  rule)."""
   from cascaded_lift.models.blocks import max_pool  # pylint: disable=g-import-not-at-top
-  x = np.random.default_rng(5).normal(size=(2, 13, 10, 3)).astype(np.float32)  # no ties
+  x = np.random.default_rng(5).normal(size=(2, 13, 10, 3)).astype(np.float32)
+  if ties:  # a few integer values: most windows hold their maximum more than once
+    x = np.round(x).astype(np.float32)
   xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-np.inf)
   ho, wo = (13 + 2 * pad - window) // stride + 1, (10 + 2 * pad - window) // stride + 1
   ref = np.zeros((2, ho, wo, 3), np.float32)
@@ -145,7 +150,7 @@ def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window
           a, k = np.unravel_index(np.argmax(win), win.shape)
           grad_ref[b, i * stride + a, j * stride + k, c] += np.cos(win.max())
   np.testing.assert_array_equal(max_pool(jnp.asarray(x), window, stride, pad), ref)
-  grad = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, stride, pad))))(jnp.asarray(x))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, stride, pad)))))(jnp.asarray(x))
   np.testing.assert_allclose(grad, grad_ref[:, pad:pad + 13, pad:pad + 10], rtol=1e-6, atol=1e-6)
 
 
