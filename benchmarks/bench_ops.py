@@ -49,7 +49,7 @@ _COMP = re.compile(r"^%?([\w.\-]+) .*\{\s*$")
 def hlo_classes(hlo: str) -> dict[str, str]:
   """{instruction name: class} for every instruction of the compiled module's text."""
   opcodes: dict[str, set[str]] = collections.defaultdict(set)  # computation -> opcodes inside it
-  instrs: list[tuple[str, str, str, list[str]]] = []           # (computation, name, opcode, called)
+  instrs: list[tuple[str, str, str, list[str]]] = []           # (name, opcode, custom-call target, called)
   comp = ""
   for line in hlo.splitlines():
     m = _COMP.match(line)
@@ -61,8 +61,7 @@ def hlo_classes(hlo: str) -> dict[str, str]:
       called = re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)
       opcodes[comp].add(m.group(2))
       target = re.search(r'custom_call_target="([^"]+)"', line)
-      # A custom call is classed by its target's name (the oneDNN convolutions: *_conv_*).
-      instrs.append((comp, m.group(1) + (":" + target.group(1) if target else ""), m.group(2), called))
+      instrs.append((m.group(1), m.group(2), target.group(1) if target else "", called))
 
   def contents(op: str, called: list[str]) -> set[str]:
     inside = {op}
@@ -71,9 +70,9 @@ def hlo_classes(hlo: str) -> dict[str, str]:
     return inside
 
   out = {}
-  for _, name_target, op, called in instrs:
-    name, _, target = name_target.partition(":")
+  for name, op, target, called in instrs:
     inside = contents(op, called)
+    # A custom call is classed by its name or target (the oneDNN convolutions: *_conv_*).
     if "convolution" in inside or "custom-call" in inside and "conv" in name + target:
       out[name] = "convolution"
     elif "dot" in inside:

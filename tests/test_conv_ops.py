@@ -4,6 +4,8 @@ and blocks.max_pool (a NumPy loop)."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -227,12 +229,15 @@ print("ok")
 """
 
 
+def _run_python(script: str, **env: str) -> subprocess.CompletedProcess:
+  """Runs `script` in a fresh CPU-only Python process with `env` added to this one's environment:
+  the kernel build and its fallback, and the forced device count, are state of a whole process."""
+  return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
 def test_onednn_calls_are_batch_partitioned_across_devices(onednn_kernels):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = _run_python(_SHARDED_SCRIPT, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
@@ -250,12 +255,8 @@ print("ok")
 
 
 def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(tmp_path):
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
-             CASCADED_LIFT_CPU_CONV="auto", JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = _run_python(_FALLBACK_SCRIPT, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
+                    CASCADED_LIFT_CPU_CONV="auto")
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
   assert "oneDNN kernels unavailable" in out.stderr and "cascaded-lift-no-such-compiler" in out.stderr
 
@@ -286,8 +287,6 @@ print(json.dumps({"loaded": maps, "version": onednn.version()}))
 def test_kernels_build_and_agree_with_xla_against_each_onednn_install(install, tmp_path):
   """The C++ supports oneDNN 3.x (PyPI's onednn-devel-cpu-gomp, in the Python environment) and 2.x
   (Debian's libdnnl-dev): each found here is built against in a fresh cache and checked against XLA."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   if install == "environment":
     env_root = onednn.dnnl_root() if not os.environ.get("CASCADED_LIFT_DNNL_ROOT") else None
     if env_root is None:
@@ -299,10 +298,7 @@ def test_kernels_build_and_agree_with_xla_against_each_onednn_install(install, t
     if not os.path.exists("/usr/include/oneapi/dnnl/dnnl.hpp"):
       pytest.skip("no system oneDNN (apt-get install libdnnl-dev)")
     root, expected, major = "system", "libdnnl.so.2", "2."
-  env = dict(os.environ, CASCADED_LIFT_DNNL_ROOT=root, CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
-             JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _INSTALL_SCRIPT], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = _run_python(_INSTALL_SCRIPT, CASCADED_LIFT_DNNL_ROOT=root, CASCADED_LIFT_KERNEL_CACHE=str(tmp_path))
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads(out.stdout.strip().splitlines()[-1])
   loaded = report["loaded"]  # the libdnnl files mapped into the process

@@ -336,18 +336,26 @@ def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padd
   """
   if onednn_active(y.dtype) and onednn_active(kernel.dtype):
     return _conv2d_transpose_onednn(y, kernel, stride, padding, dilation, tuple(x_hw))
-  return _xla_input_grad(y, kernel, (y.shape[0], *x_hw, kernel.shape[2]), stride, padding, dilation)
+  return _xla_input_grad(y, kernel, _adjoint_shape(y, kernel, x_hw), stride, padding, dilation)
+
+
+def _adjoint_shape(y: jax.Array, kernel: jax.Array, x_hw: tuple[int, int]) -> tuple[int, ...]:
+  """The shape conv2d_transpose returns: the convolution's input, (B, H, W, C)."""
+  return (y.shape[0], *x_hw, kernel.shape[2])
+
+
+def _onednn_transpose(y, kernel, stride, padding, dilation, x_hw):
+  return _onednn_backward_data(y, kernel, _adjoint_shape(y, kernel, x_hw), stride, padding, dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _conv2d_transpose_onednn(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int,
                              x_hw: tuple[int, int]) -> jax.Array:
-  return _onednn_backward_data(y, kernel, (y.shape[0], *x_hw, kernel.shape[2]), stride, padding, dilation)
+  return _onednn_transpose(y, kernel, stride, padding, dilation, x_hw)
 
 
 def _transpose_fwd(y, kernel, stride, padding, dilation, x_hw):
-  x_shape = (y.shape[0], *x_hw, kernel.shape[2])
-  return _onednn_backward_data(y, kernel, x_shape, stride, padding, dilation), (y, kernel)
+  return _onednn_transpose(y, kernel, stride, padding, dilation, x_hw), (y, kernel)
 
 
 def _transpose_bwd(stride, padding, dilation, x_hw, residuals, dx):

@@ -17,8 +17,8 @@ from the 2x map back to the input, with the kernel G[a, b, o, i] = K[3 - a, 3 - 
 how cuDNN and oneDNN compute "deconvolutions".
 
 Formulations (the `formulation` attribute):
-  "auto"           "adjoint_conv" where conv_ops uses oneDNN's kernels (CPU, float32), else
-                   "four_phase" (the default).
+  "auto"           (the default) "adjoint_conv" where conv_ops uses oneDNN's kernels (CPU,
+                   float32), else "four_phase".
   "adjoint_conv"   conv_ops.conv2d_transpose with G: with oneDNN, one backward-data call, and in
                    training a forward and a backward-weights call; no interleave (PyTorch's
                    ConvTranspose2d runs the same oneDNN primitive). Elsewhere XLA's transposed conv.
