@@ -9,7 +9,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cascaded_lift.evaluation import evaluate
+from cascaded_lift.evaluation.evaluate import evaluate
 from cascaded_lift.training.writers import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Configuration file the run was trained with.",

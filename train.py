@@ -9,7 +9,8 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cascaded_lift.training.loop import NonFiniteLossError, train_and_evaluate
+from cascaded_lift.experiment import train_and_evaluate
+from cascaded_lift.training.loop import NonFiniteLossError
 from cascaded_lift.training.writers import quiet_library_logs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)

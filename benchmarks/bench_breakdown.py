@@ -4,7 +4,8 @@ The network is cut where the released model's modules meet, so that both framewo
 work: backbone (ResNet trunk, images -> C5), context ("up": deconvs + 3x3 conv), bone branch ("limb":
 deconvs + heatmap conv), sel (bone-joint + dilated + depth-centric blocks), volumetric ("final": 3
 bottlenecks + 1x1 conv to J*D, then the soft-argmax) and the lifter; plus each single deconv layer of
-the context branch (JAX formulation set by --deconv). Each part runs with BatchNorm in train mode on
+the context branch (the JAX network's layers set by --platform-ops, and for the CPU forms by --cpu-conv,
+--conv-grad and --deconv: benchmarks/common.py layer_ops). Each part runs with BatchNorm in train mode on
 the activations the previous parts produce for the benchmark batch; forward + backward takes the
 gradient of mean(out^2) (summed over the part's outputs) w.r.t. the parameters and the part's inputs
 (not the images). JAX parts are jitted separately, so XLA cannot fuse across their borders as it does
@@ -13,7 +14,8 @@ in the whole step; the sum of the parts is therefore an upper bound of the step'
 Usage (prints a table, then one line starting with "JSON "):
   python benchmarks/bench_breakdown.py                     # full model, batch 8, 256 px, float32
   python benchmarks/bench_breakdown.py --model tiny --size 64 --batch 2
-Options: --model --batch --size --warmup --repeats --threads --deconv --torch-format --parts a,b
+Options: --model --batch --size --warmup --repeats --threads --platform-ops --cpu-conv --conv-grad --deconv
+  --host-malloc --torch-format --parts a,b
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import bench_model as bm  # noqa: E402  pylint: disable=g-import-not-at-top,wron
 import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cascaded_lift.heatmaps import soft_argmax_3d  # noqa: E402
-from cascaded_lift.models import (BoneBranch, BoneJointBlock, ContextBranch, DepthCentricBlock, Deconv,  # noqa: E402
-                                  DilatedBlock, Lifter, ResNet, VolumetricHead)
+from cascaded_lift.models import (BoneBranch, BoneJointBlock, ContextBranch, DepthCentricBlock,  # noqa: E402
+                                  DilatedBlock, LayerOps, Lifter, ResNet, VolumetricHead)
 
 PARTS = ("backbone", "context", "bone_branch", "sel", "volumetric", "lifter", "deconv0", "deconv1", "deconv2")
 
@@ -42,8 +44,9 @@ def _sq(outs) -> Any:
   return sum(jnp.mean(jnp.square(o.astype(jnp.float32))) for o in jax.tree_util.tree_leaves(outs))
 
 
-def jax_parts(cfg: dict[str, Any], variables: dict[str, Any], deconv: str) -> dict[str, tuple[Callable, list[str]]]:
-  """part -> (f(params, stats, *inputs) -> outputs, the names of its params' top-level modules)."""
+def jax_parts(cfg: dict[str, Any], variables: dict[str, Any], ops: LayerOps) -> dict[str, tuple[Callable, list[str]]]:
+  """part -> (f(params, stats, *inputs) -> outputs, the names of its params' top-level modules), every
+  module built from `ops`."""
   p, s = variables["params"], variables["batch_stats"]
 
   def run(module, name, params, stats, *inputs, **kw):
@@ -51,15 +54,15 @@ def jax_parts(cfg: dict[str, Any], variables: dict[str, Any], deconv: str) -> di
                           mutable=["batch_stats"], **kw)
     return out
 
-  up = dict(num_deconvs=cfg["num_deconvs"], formulation=deconv)
+  up = dict(num_deconvs=cfg["num_deconvs"], ops=ops)
   w, j, d = cfg["head_width"], cfg["num_joints"], cfg["depth_bins"]
-  backbone = ResNet(cfg["resnet_depth"], cfg["resnet_width"], cfg["resnet_stage_sizes"])
+  backbone = ResNet(cfg["resnet_depth"], cfg["resnet_width"], cfg["resnet_stage_sizes"], ops=ops)
   context = ContextBranch(w, **up)
   bone = BoneBranch(cfg["bone_width"], num_bones=cfg["num_bones"], **up)
-  bone_joint = BoneJointBlock(w, j, cfg["joint_bottlenecks"])
-  dilated = DilatedBlock(w, cfg["context_bottlenecks"], tuple(cfg["aspp_dilations"]))
-  depth = DepthCentricBlock(w, d, cfg["depth_bottlenecks"])
-  volumetric = VolumetricHead(j, d, cfg["volumetric_bottlenecks"])
+  bone_joint = BoneJointBlock(w, j, cfg["joint_bottlenecks"], ops=ops)
+  dilated = DilatedBlock(w, cfg["context_bottlenecks"], tuple(cfg["aspp_dilations"]), ops=ops)
+  depth = DepthCentricBlock(w, d, cfg["depth_bottlenecks"], ops=ops)
+  volumetric = VolumetricHead(j, d, cfg["volumetric_bottlenecks"], ops=ops)
   lifter = Lifter(j, cfg["lifter_width"], cfg["lifter_blocks"], cfg["lifter_layers_per_block"], 0.0)
 
   def sel(pp, ss, ctx, limb):
@@ -72,7 +75,8 @@ def jax_parts(cfg: dict[str, Any], variables: dict[str, Any], deconv: str) -> di
     return soft_argmax_3d(run(volumetric, "volumetric", pp, ss, ctx2, feat), layout="BHWJD")
 
   def deconv_layer(i):
-    layer = Deconv(w, formulation=deconv)
+    # As _Upsampler builds it: a CpuDeconv in --deconv's formulation with the CPU forms, else nn.ConvTranspose.
+    layer = ops.deconv(w, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False)
     return lambda pp, ss, x: layer.apply({"params": pp["context"][f"deconv{i}"]}, x)
 
   return {
@@ -119,16 +123,17 @@ def main(argv=None) -> dict[str, Any]:
   ap.add_argument("--parts", default=",".join(PARTS))
   ap.add_argument("-v", "--verbose", action="store_true")
   args = ap.parse_args(argv)
-  common.apply_model_args(args)
+  common.configure_host(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   torch.set_flush_denormal(True)
   log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
   load_before = common.load_average()
+  ops = common.layer_ops(args)
   cfg = bm.model_config(args.model)
   images, boxes = bm.inputs(args.batch, args.size)
   net = bm.build_torch(cfg)
-  model = bm.CascadedLiftNet(**cfg, deconv_formulation=args.deconv)
+  model = bm.CascadedLiftNet(**cfg, ops=ops)
   variables = bm.jax_variables(model, net, args.size)
   fmt = torch.channels_last if args.torch_format == "channels_last" else torch.contiguous_format
   net = copy.deepcopy(net).to(memory_format=fmt).train()
@@ -155,7 +160,7 @@ def main(argv=None) -> dict[str, Any]:
   def to_jax(t):
     return jnp.asarray(t.permute(0, 2, 3, 1).contiguous().numpy() if t.ndim == 4 else t.contiguous().numpy())
 
-  jparts, tparts = jax_parts(cfg, variables, args.deconv), torch_parts(net, cfg)
+  jparts, tparts = jax_parts(cfg, variables, ops), torch_parts(net, cfg)
   params, stats = variables["params"], variables["batch_stats"]
   rows, results = [], {}
   for part in [q for q in args.parts.split(",") if q]:
@@ -195,11 +200,12 @@ def main(argv=None) -> dict[str, Any]:
     rows.append([part, m["jax_fwd"] * 1e3, m["torch_fwd"] * 1e3, m["jax_fwd_bwd"] * 1e3, m["torch_fwd_bwd"] * 1e3,
                  m["torch_fwd_bwd"] / m["jax_fwd_bwd"]])
   record = {"benchmark": "bench_breakdown", "model": args.model, "batch": args.batch, "size": args.size,
-            "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "torch_format": args.torch_format, "repeats": args.repeats,
+            "deconv": args.deconv, **common.ops_report(args, ops), "conv_grad": args.conv_grad,
+            "torch_format": args.torch_format, "repeats": args.repeats,
             "median_s": results, "loadavg_before": load_before, "loadavg_after": common.load_average(),
             "machine": common.machine_info()}
-  print(f"Per-part medians (ms), {args.model} model, batch {args.batch}, {args.size} px, float32, deconv "
-        f"{args.deconv}, PyTorch {args.torch_format}, BatchNorm in train mode; load {load_before} -> "
+  print(f"Per-part medians (ms), {args.model} model, batch {args.batch}, {args.size} px, float32, layers "
+        f"{ops.name}, PyTorch {args.torch_format}, BatchNorm in train mode; load {load_before} -> "
         f"{record['loadavg_after']}")
   print(common.table(["part", "jax fwd", "torch fwd", "jax fwd+bwd", "torch fwd+bwd", "torch/jax fwd+bwd"], rows))
   common.print_json(record)

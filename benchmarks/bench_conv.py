@@ -2,8 +2,9 @@
 
 For each layer of the full model's kinds (ResNet 3x3 and 1x1, the volumetric head's wide 1x1, the ASPP's
 dilated 3x3, the stem), times jit(conv) and jit(grad(sum(conv**2))) with respect to input and kernel,
-under conv_ops.cpu_conv("onednn") and cpu_conv("xla") (XLA's path: 1x1 kernels as a matrix product, as
-blocks.Conv computes them without oneDNN). Batch 8, float32; medians of --repeats calls in ms.
+with conv_ops.conv2d(..., kernels="onednn") and kernels="xla" (XLA's path: 1x1 kernels as a matrix
+product, as cpu.layers.CpuConv computes them without oneDNN; kernel gradients as conv_ops'
+kernel_grad="auto" picks). Batch 8, float32; medians of --repeats calls in ms.
 
   python benchmarks/bench_conv.py [--repeats 5] [--batch 8]
 """
@@ -22,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from cascaded_lift.models import conv_ops  # noqa: E402
+from cascaded_lift.cpu import conv_ops  # noqa: E402
 
 # name, map size, in, out, kernel, stride, dilation
 LAYERS = [("3x3 256->256", 64, 256, 256, 3, 1, 1), ("3x3 64->64", 64, 64, 64, 3, 1, 1),
@@ -34,7 +35,7 @@ def layer(x, w, k, s, d, mode):
   if mode == "xla" and k == 1:
     return jax.lax.dot_general(x[:, ::s, ::s], w[0, 0], (((3,), (0,)), ((), ())))
   p = d * (k - 1) // 2
-  return conv_ops.conv2d(x, w, s, ((p, p), (p, p)), d)
+  return conv_ops.conv2d(x, w, s, ((p, p), (p, p)), d, kernels=mode)
 
 
 def median_ms(fn, *args, repeats: int) -> float:
@@ -59,10 +60,9 @@ def main(argv=None) -> dict:
     w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32) * 0.05)
     res = {}
     for mode in ("onednn", "xla"):
-      with conv_ops.cpu_conv(mode):
-        fwd = jax.jit(lambda x, w, m=mode: layer(x, w, k, s, d, m))
-        grad = jax.jit(jax.grad(lambda x, w, m=mode: jnp.sum(layer(x, w, k, s, d, m) ** 2), argnums=(0, 1)))
-        res[mode] = (median_ms(fwd, x, w, repeats=args.repeats), median_ms(grad, x, w, repeats=args.repeats))
+      fwd = jax.jit(lambda x, w, m=mode: layer(x, w, k, s, d, m))
+      grad = jax.jit(jax.grad(lambda x, w, m=mode: jnp.sum(layer(x, w, k, s, d, m) ** 2), argnums=(0, 1)))
+      res[mode] = (median_ms(fwd, x, w, repeats=args.repeats), median_ms(grad, x, w, repeats=args.repeats))
     record["layers"][name] = {m: {"forward_ms": f, "forward_backward_ms": fb} for m, (f, fb) in res.items()}
     rows.append([name, res["onednn"][0], res["onednn"][1], res["xla"][0], res["xla"][1],
                  res["xla"][1] / res["onednn"][1]])

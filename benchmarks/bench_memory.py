@@ -16,7 +16,8 @@ Usage (prints a table, then one line starting with "JSON "):
   python benchmarks/bench_memory.py                     # full model, batch 8, 256 px, float32
   python benchmarks/bench_memory.py --model tiny --size 64 --batch 2
 Options: --model tiny|full --batch N --size S --dtype float32|bfloat16 --modes train,infer --steps N
-  --threads N --deconv F --torch-format contiguous|channels_last
+  --threads N --platform-ops auto|standard|cpu --cpu-conv M --conv-grad M --deconv F --host-malloc M
+  --torch-format contiguous|channels_last
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
   out: dict[str, Any] = {}
   if args.worker == "jax":
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    model = bm.CascadedLiftNet(**cfg, deconv_formulation=args.deconv, dtype=dtype)
+    ops = common.layer_ops(args)
+    model = bm.CascadedLiftNet(**cfg, dtype=dtype, ops=ops)
+    flops_model = model.clone(ops=common.flops_ops(args, ops))
     variables = bm.jax_variables(model, net, args.size)
     del net
     base = rss_bytes()
-    program = bm.jax_programs(model, variables, images, boxes, [args.mode])[args.mode]
+    program = bm.jax_programs(model, variables, images, boxes, [args.mode], flops_model)[args.mode]
     run = program["run"]
     out["xla_buffers_bytes"] = program["memory"]
   else:
@@ -112,13 +115,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
-  common.apply_model_args(args)
+  common.configure_host(args)
   if args.worker:
     print("RESULT " + json.dumps(worker(args)), flush=True)
     return {}
   load_before = common.load_average()
   passthrough = ["--model", args.model, "--batch", str(args.batch), "--size", str(args.size), "--dtype", args.dtype,
-                 "--steps", str(args.steps), "--threads", str(args.threads), "--deconv", args.deconv,
+                 "--steps", str(args.steps), "--threads", str(args.threads), "--platform-ops", args.platform_ops, "--deconv", args.deconv,
                  "--torch-format", args.torch_format, "--host-malloc", args.host_malloc, "--cpu-conv", args.cpu_conv,
                  "--conv-grad", args.conv_grad] + (["--device-stats"] if args.device_stats else [])
   results: dict[str, dict[str, Any]] = {}
@@ -139,7 +142,8 @@ def main(argv=None) -> dict[str, Any]:
                   - xla["alias_size_in_bytes"]) / gib) if xla else "-"
       rows.append([mode, fw, r["base_rss_bytes"] / gib, r["peak_rss_bytes"] / gib, r["step_bytes"] / gib, xla_gib])
   record = {"benchmark": "bench_memory", "model": args.model, "batch": args.batch, "size": args.size,
-            "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "conv_grad": args.conv_grad, "torch_format": args.torch_format, "steps": args.steps,
+            "dtype": args.dtype, "deconv": args.deconv, **common.ops_report(args, common.layer_ops(args)),
+            "conv_grad": args.conv_grad, "torch_format": args.torch_format, "steps": args.steps,
             "results": results, "loadavg_before": load_before, "loadavg_after": common.load_average(),
             "machine": common.machine_info()}
   print(f"Peak host memory (GiB), {args.model} model, batch {args.batch}, {args.size} px, {args.dtype}, "

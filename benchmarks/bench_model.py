@@ -1,7 +1,7 @@
 """Training-step, inference and flip-test evaluation throughput of CascadedLiftNet against PyTorch.
 
 The PyTorch contender is tests/torch_spec_model.py (SpecNet: the layer spec the parity tests use),
-built with the same configuration and the same weights (converted with cascaded_lift.convert), fed the
+built with the same configuration and the same weights (converted with cascaded_lift.weights.convert), fed the
 same batch, image size, thread count and precision. PyTorch runs eagerly at its fastest memory format
 on this machine: with --torch-format auto (default) both contiguous NCHW and channels_last take turns
 in the timing and the faster one (by median) is the baseline; both are in the JSON line.
@@ -11,7 +11,7 @@ Modes (--modes, comma-separated):
          L = sum over {bone_heatmaps, joint_heatmaps, depth_volume, ordinal_logits, joint_volumes} of
          mean(x^2) + mean|coords| + mean|pose_3d| (every output against zeros, the same in both).
          JAX: one jitted step, state donated. PyTorch: zero_grad, forward, backward, Adam (fused when
-         available). PyTorch's lifter input is not detached (ours is: DESIGN.md), so its backward also
+         available). PyTorch's lifter input is not detached (ours is: docs/design.md section 3), so its backward also
          runs through the lifter's first layer into the soft-argmax - a negligible extra for PyTorch.
   infer  forward with running statistics, all outputs returned (torch.inference_mode()).
   flip   flip-test evaluation: forward on the batch and on its mirror, averaged (heatmaps.flip_test).
@@ -26,17 +26,25 @@ in one process share one glibc heap, where each one's freed blocks make the othe
 --in-process interleaves everything in this process (the old way); --isolate runs one process per
 contender, one after the other, with no interleaving.
 
+Layers: --platform-ops picks the network's layer implementations as config.platform_ops does
+(cascaded_lift/platform.py): by default the CPU forms (cascaded_lift/cpu/layers.py: oneDNN's kernels,
+--deconv's formulation, the tap-wise max-pool gradient) on a CPU backend, the standard Flax layers
+elsewhere; --cpu-conv, --conv-grad and --deconv set the CPU forms (config.cpu).
+
 FLOPs per image: XLA's cost analysis of the compiled JAX programs (jax.jit(f).lower(...).compile()
-.cost_analysis()['flops'], divided by the batch; compiled with XLA's own convolutions for this, since
-the oneDNN custom calls are opaque to it), next to an analytic count of the convolutions,
-transposed convolutions and dense layers (2 x multiply-adds, from forward hooks on the PyTorch model).
+.cost_analysis()['flops'], divided by the batch; for this the programs are built again from the same
+model with XLA's own convolutions (common.flops_ops), since the oneDNN custom calls are opaque to it),
+next to an analytic count of the convolutions, transposed convolutions and dense layers
+(2 x multiply-adds, from forward hooks on the PyTorch model).
 
 Usage (prints a table, then one line starting with "JSON "):
   python benchmarks/bench_model.py                       # full model, 256 px, batch 8, float32
   python benchmarks/bench_model.py --model tiny --size 64 --batch 2 --repeats 2   # seconds
   python benchmarks/bench_model.py --dtype bfloat16 --modes infer
 Options: --model tiny|full --batch N --size S --dtype float32|bfloat16 --modes train,infer,flip
-  --warmup N --repeats N --threads N --deconv four_phase|depth_to_space|conv_transpose
+  --warmup N --repeats N --threads N --platform-ops auto|standard|cpu --cpu-conv auto|onednn|xla
+  --conv-grad auto|taps|xla --deconv auto|adjoint_conv|four_phase|depth_to_space|conv_transpose
+  --host-malloc retain|default
   --torch-format auto|contiguous|channels_last --no-torch --torch-compile --in-process --isolate -v
 """
 
@@ -60,7 +68,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from cascaded_lift import convert  # noqa: E402
+from cascaded_lift.weights import convert  # noqa: E402
 from cascaded_lift import heatmaps  # noqa: E402
 from cascaded_lift import skeleton as sk  # noqa: E402
 from cascaded_lift.models import CascadedLiftNet  # noqa: E402
@@ -153,11 +161,35 @@ def make_train_step(model: CascadedLiftNet, tx: optax.GradientTransformation):
   return train_step
 
 
+def make_forward(model: CascadedLiftNet):
+  """The inference mode: (variables, images, boxes) -> all outputs, BatchNorm with running statistics."""
+
+  def forward(v, im, bx):
+    return model.apply(v, im, bx, train=False)
+
+  return forward
+
+
+def make_flip(model: CascadedLiftNet):
+  """The flip mode: heatmaps.flip_test of make_forward(model) (un-jitted)."""
+  forward = make_forward(model)
+
+  def flip(v, im, bx):
+    return heatmaps.flip_test(functools.partial(forward, v), im, bx, sk.H36M)
+
+  return flip
+
+
 def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.ndarray, boxes: np.ndarray,
-                 modes: list[str]) -> dict[str, dict[str, Any]]:
-  """Compiled JAX programs per mode: {'run': blocking callable, 'compile_s', 'flops', 'memory'}."""
+                 modes: list[str], flops_model: CascadedLiftNet | None = None) -> dict[str, dict[str, Any]]:
+  """Compiled JAX programs per mode: {'run': blocking callable, 'compile_s', 'flops', 'memory'}.
+
+  'flops' is XLA's count for the same program built from `flops_model` (default: model), the model with
+  XLA's own convolutions (common.flops_ops) when `model`'s are oneDNN custom calls.
+  """
   images, boxes = jnp.asarray(images), jnp.asarray(boxes)
   tx = optax.adam(1e-3)
+  flops_model = model if flops_model is None else flops_model
   programs = {}
 
   def describe(compiled, fn, *args) -> tuple[float | None, dict[str, int] | None]:
@@ -184,11 +216,10 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
       state[0], loss = step(state[0], images, boxes)
       jax.block_until_ready((state[0], loss))
 
-    flops, memory = describe(step, train_step, state[0], images, boxes)
+    flops, memory = describe(step, make_train_step(flops_model, tx), state[0], images, boxes)
     programs["train"] = {"run": run_train, "compile_s": compile_s, "flops": flops, "memory": memory}
 
-  def forward(v, im, bx):
-    return model.apply(v, im, bx, train=False)
+  forward = make_forward(model)
 
   if "infer" in modes:
     t0 = time.perf_counter()
@@ -196,18 +227,17 @@ def jax_programs(model: CascadedLiftNet, variables: dict[str, Any], images: np.n
     compile_s = time.perf_counter() - t0
     programs["infer"] = {"run": lambda: jax.block_until_ready(fwd(variables, images, boxes)),
                          "compile_s": compile_s, "fn": lambda: fwd(variables, images, boxes),
-                         **dict(zip(("flops", "memory"), describe(fwd, forward, variables, images, boxes)))}
+                         **dict(zip(("flops", "memory"),
+                                    describe(fwd, make_forward(flops_model), variables, images, boxes)))}
 
   if "flip" in modes:
-
-    def flip(v, im, bx):
-      return heatmaps.flip_test(functools.partial(forward, v), im, bx, sk.H36M)
-
+    flip = make_flip(model)
     t0 = time.perf_counter()
     fl = jax.jit(flip).lower(variables, images, boxes).compile()
     compile_s = time.perf_counter() - t0
     programs["flip"] = {"run": lambda: jax.block_until_ready(fl(variables, images, boxes)),
-                        "compile_s": compile_s, **dict(zip(("flops", "memory"), describe(fl, flip, variables, images, boxes)))}
+                        "compile_s": compile_s,
+                        **dict(zip(("flops", "memory"), describe(fl, make_flip(flops_model), variables, images, boxes)))}
   return programs
 
 
@@ -373,7 +403,7 @@ def main(argv=None) -> dict[str, Any]:
     record["isolated"] = True
     record["processes"] = "one per contender, one after the other"
     return report(args, record, results, modes, record["loadavg_before"])
-  common.apply_model_args(args)
+  common.configure_host(args)
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
   # XLA:CPU runs with denormals flushed to zero; give PyTorch the same (its fastest) setting.
@@ -383,9 +413,10 @@ def main(argv=None) -> dict[str, Any]:
   log = (lambda s: print(s, file=sys.stderr, flush=True)) if args.verbose else None
   load_before = common.load_average()
 
+  ops = common.layer_ops(args)
   cfg = model_config(args.model)
   dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-  model = CascadedLiftNet(**cfg, deconv_formulation=args.deconv, dtype=dtype)
+  model = CascadedLiftNet(**cfg, dtype=dtype, ops=ops)
   images, boxes = inputs(args.batch, args.size)
   net = build_torch(cfg)
   variables = jax_variables(model, net, args.size)
@@ -393,10 +424,12 @@ def main(argv=None) -> dict[str, Any]:
   modes = [m for m in ("infer", "flip", "train") if m in args.modes]  # train last: it changes the weights
 
   timing_jax = args.contender in (None, "jax")
-  programs = jax_programs(model, variables, images, boxes, modes) if timing_jax else {}
+  flops_model = model.clone(ops=common.flops_ops(args, ops))
+  programs = jax_programs(model, variables, images, boxes, modes, flops_model) if timing_jax else {}
   record: dict[str, Any] = {
       "benchmark": "bench_model", "model": args.model, "config": cfg, "batch": args.batch, "size": args.size,
-      "dtype": args.dtype, "deconv": args.deconv, "cpu_conv": common.cpu_conv_report(), "host_malloc": args.host_malloc, "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
+      "dtype": args.dtype, "deconv": args.deconv, **common.ops_report(args, ops), "host_malloc": args.host_malloc,
+      "conv_grad": args.conv_grad, "threads": args.threads, "warmup": args.warmup,
       "repeats": args.repeats, "torch_compile": args.torch_compile,
       "loss": "sum_k mean(out_k^2) for k in bone/joint heatmaps, depth volume, ordinal logits, joint volumes"
               " + mean|coords| + mean|pose_3d|; Adam lr 1e-3",
@@ -491,7 +524,7 @@ def report(args: argparse.Namespace, record: dict[str, Any], results: dict[str, 
              "interleaved runs, each PyTorch format in a process of its own (JAX pooled over both)"}.get(
              record.get("processes"), "runs, one process per contender, one after the other")
   print(f"CascadedLiftNet ({args.model}) vs PyTorch SpecNet: batch {args.batch}, {args.size} px, {args.dtype}, "
-        f"{args.threads} torch threads, deconv {args.deconv}; medians of {args.repeats} {how}")
+        f"{args.threads} torch threads, layers {record.get('layer_ops', '?')}; medians of {args.repeats} {how}")
   print(f"machine: {record['machine']['cpu']} ({record['machine']['cpu_count']} cpus), load avg "
         f"{load_before} -> {record['loadavg_after']}; {record['machine']['versions']}")
   print(f"FLOPs/image (forward): analytic {fl['analytic_forward']['total'] / 1e9:.2f} G"

@@ -4,8 +4,9 @@ layout copies, the rest), from a profiler trace of the compiled step.
   python benchmarks/bench_ops.py                      # full model, batch 8, 256 x 256, float32
   python benchmarks/bench_ops.py --model tiny --size 64 --batch 2
 
-The step is bench_model.py's (same loss, Adam, donated state). Each op the trace records is matched
-to its instruction in the compiled HLO and classed by what it computes: 'convolution' (a convolution,
+The step is bench_model.py's (same loss, Adam, donated state), the network built from the layers of
+--platform-ops / --cpu-conv / --conv-grad / --deconv (benchmarks/common.py layer_ops). Each op the trace
+records is matched to its instruction in the compiled HLO and classed by what it computes: 'convolution' (a convolution,
 alone or fused: XLA:CPU's YNNPACK/Eigen kernels, forward and both gradients), 'matmul' (a dot: the 1x1
 convolutions and the lifter), 'layout copy' (copies, transposes and fusions that write a transposed
 result, with whatever elementwise work XLA fused into them: e.g. the activations and BatchNorm
@@ -124,8 +125,9 @@ def main(argv=None) -> dict[str, Any]:
   parser.add_argument("--steps", type=int, default=2, help="traced steps (after one untraced warmup)")
   parser.add_argument("--top", type=int, default=12, help="also list the N slowest single ops")
   args = parser.parse_args(argv)
-  common.apply_model_args(args)
-  model = CascadedLiftNet(**model_config(args.model), deconv_formulation=args.deconv)
+  common.configure_host(args)
+  ops = common.layer_ops(args)
+  model = CascadedLiftNet(**model_config(args.model), ops=ops)
   t0 = time.perf_counter()
   compiled, state, images, boxes = build_step(model, args.batch, args.size)
   compile_s = time.perf_counter() - t0
@@ -150,7 +152,8 @@ def main(argv=None) -> dict[str, Any]:
   slow = sorted(((us, n) for n, us in per_op.items() if n in classes), reverse=True)[:args.top]
   print(common.table(("op", "class", "ms/step"), [(n[:40], classes[n], round(us / 1e3, 1)) for us, n in slow]))
   record = {"benchmark": "ops", "machine": common.machine_info(), "model": args.model, "batch": args.batch,
-            "size": args.size, "compile_s": compile_s, "step_wall_s": wall, "ms_per_step_by_class": by_class,
+            "size": args.size, "deconv": args.deconv, "conv_grad": args.conv_grad, **common.ops_report(args, ops),
+            "compile_s": compile_s, "step_wall_s": wall, "ms_per_step_by_class": by_class,
             "slowest_ops_ms": {n: us / 1e3 for us, n in slow}}
   common.print_json(record)
   return record

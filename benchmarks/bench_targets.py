@@ -4,13 +4,15 @@ Times each target function, make_stage1_targets, the stage-1/2 losses, and "targ
 its gradient w.r.t. the model outputs" (what the train step adds to the model's own work), all jitted,
 at full size (batch 64, J = 18, 64 x 64 heatmaps, D = 64) on the default JAX backend (CPU here), and the
 forward pass of cascaded_lift.models.CascadedLiftNet (ResNet-50, 256 x 256 crops, BatchNorm in train
-mode) when the model package is importable. The goal is targets + loss under 5 % of a training step;
-a step is at least one forward pass, so the ratio to the forward pass is an upper bound of that share.
+mode; its layers as config.platform_ops = --platform-ops picks them, cascaded_lift/platform.py: by
+default the CPU forms on a CPU backend with config.cpu's defaults) when the model package is importable.
+The goal is targets + loss under 5 % of a training step; a step is at least one forward pass, so the
+ratio to the forward pass is an upper bound of that share.
 
 Prints a table, then one line starting with "JSON " holding everything (machine, versions, timings in
 ms). Usage:
   python benchmarks/bench_targets.py [--batch 64] [--repeats 5] [--model-batch 64] [--no-model]
-                                     [--dtype float32|bfloat16]
+                                     [--dtype float32|bfloat16] [--platform-ops auto|standard|cpu]
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from cascaded_lift import losses as ls
+from cascaded_lift.training import losses as ls
 from cascaded_lift import skeleton as sk
-from cascaded_lift import targets as tg
+from cascaded_lift.training import targets as tg
 
 J, NB, S, D = 18, 16, 64, 64
 WEIGHTS = {"bone": 1.0, "joint": 1.0, "volume_3d": 1.0, "depth": 0.1, "coord": 0.1}
+# make_stage1_targets' config (every key of targets.CONFIG_KEYS; configs/default.py's values).
+TARGETS_CONFIG = {"heatmap_size": S, "depth_bins": D, "sigma": 2.0, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0,
+                  "ordinal_threshold": 0.1, "volume_method": "scatter"}
 
 
 def _time(fn, *args, repeats: int) -> dict[str, float]:
@@ -73,7 +78,7 @@ def bench_targets(b: int, dtype, repeats: int) -> dict[str, dict[str, float]]:
   batch = jax.device_put(_batch(b))
   outputs = _outputs(b, dtype)
   c, v, h = batch["joints_vox"], batch["joints_vis"], batch["has_depth"]
-  cfg = {"heatmap_size": S, "depth_bins": D, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0}
+  cfg = TARGETS_CONFIG
   size, par, chi = (S, S), sk.H36M.bone_parents, sk.H36M.bone_children
   progress = jnp.float32(0.3)
   fns = {
@@ -109,14 +114,16 @@ def bench_targets(b: int, dtype, repeats: int) -> dict[str, dict[str, float]]:
   return results
 
 
-def bench_model(b: int, dtype, repeats: int) -> dict[str, float] | None:
+def bench_model(b: int, dtype, repeats: int, platform_ops: str = "auto") -> dict[str, float] | None:
   """Forward pass of the full model in train mode (batch statistics), or None without the model."""
   try:
+    from cascaded_lift import platform as platform_policy  # pylint: disable=g-import-not-at-top
     from cascaded_lift.models import CascadedLiftNet  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     print(f"  model not importable ({e}); skipping the forward pass", file=sys.stderr)
     return None
-  model = CascadedLiftNet(dtype=dtype)
+  ops = platform_policy.layer_ops({"platform_ops": platform_ops})
+  model = CascadedLiftNet(dtype=dtype, ops=ops)
   rng = np.random.default_rng(2)
   images = jnp.asarray(rng.integers(0, 256, (b, 4 * S, 4 * S, 3), dtype=np.uint8))
   boxes = jnp.asarray(np.tile([[100.0, 80.0, 400.0, 400.0]], (b, 1)), jnp.float32)
@@ -124,6 +131,7 @@ def bench_model(b: int, dtype, repeats: int) -> dict[str, float] | None:
   forward = jax.jit(lambda var, im, bx: model.apply(var, im, bx, train=True, mutable=["batch_stats"]))
   out = _time(forward, variables, images, boxes, repeats=repeats)
   out["batch"] = b
+  out["layer_ops"] = ops.name
   print(f"  timed model forward: {out['median_ms']:.1f} ms", file=sys.stderr, flush=True)
   return out
 
@@ -157,12 +165,15 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--model-repeats", type=int, default=2)
   p.add_argument("--no-model", action="store_true")
   p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+  p.add_argument("--platform-ops", choices=["auto", "standard", "cpu"], default="auto",
+                 help="the model's layers (config.platform_ops, cascaded_lift/platform.py)")
   args = p.parse_args(argv)
   dtype = jnp.dtype(args.dtype)
   info = machine()
   print(f"machine: {info}", file=sys.stderr)
   results = bench_targets(args.batch, dtype, args.repeats)
-  model = None if args.no_model else bench_model(args.model_batch or args.batch, dtype, args.model_repeats)
+  model = None if args.no_model else bench_model(args.model_batch or args.batch, dtype, args.model_repeats,
+                                                 args.platform_ops)
   per_batch_fwd = None
   if model is not None:
     per_batch_fwd = model["median_ms"] * args.batch / model["batch"]  # scaled when the model batch differs
@@ -183,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
   else:
     print("model forward: not measured (cascaded_lift.models unavailable or --no-model)")
   summary = {"benchmark": "bench_targets", "batch": args.batch, "joints": J, "size": S, "depth_bins": D,
-             "dtype": args.dtype, "machine": info, "results_ms": results, "model_forward": model,
+             "dtype": args.dtype, "targets_config": TARGETS_CONFIG, "platform_ops": args.platform_ops,
+             "machine": info, "results_ms": results, "model_forward": model,
              "model_forward_ms_per_batch": per_batch_fwd,
              "targets_loss_grad_share_of_forward": (results["targets + stage1_loss + grad"]["median_ms"]
                                                     / per_batch_fwd if per_batch_fwd else None)}

@@ -248,61 +248,105 @@ def print_json(record: Mapping[str, Any]) -> None:
 
 
 DECONV_FORMULATIONS = ("auto", "adjoint_conv", "four_phase", "depth_to_space", "conv_transpose")
+PLATFORM_OPS = ("auto", "standard", "cpu")
 
 
 def add_model_args(parser: Any, *, dtype: bool = True) -> None:
   """The model-shape options every model benchmark takes: --model, --batch, --size, [--dtype],
-  --threads (torch.set_num_threads; XLA sizes its own pool), --deconv, --conv-grad (see
-  apply_model_args)."""
+  --threads (torch.set_num_threads; XLA sizes its own pool), and the layer implementations:
+  --platform-ops, --cpu-conv, --conv-grad, --deconv (see layer_ops), --host-malloc (see configure_host)."""
   parser.add_argument("--model", default="full", choices=("tiny", "full"))
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--size", type=int, default=256)
   if dtype:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (XLA sizes its own pool)")
+  parser.add_argument("--platform-ops", default="auto", choices=PLATFORM_OPS,
+                      help="the network's layer implementations (config.platform_ops, cascaded_lift/platform.py): "
+                           "'auto' the CPU forms (cascaded_lift/cpu/layers.py) on a CPU backend and the standard "
+                           "Flax layers elsewhere, 'standard' nn.Conv / nn.ConvTranspose / nn.max_pool everywhere, "
+                           "'cpu' the CPU forms everywhere; --cpu-conv, --conv-grad and --deconv apply to the "
+                           "CPU forms")
   parser.add_argument("--deconv", default="auto", choices=DECONV_FORMULATIONS,
-                      help="the transposed convolutions' formulation (models/deconv.py; auto: adjoint_conv with "
+                      help="the CPU forms' transposed convolutions (cpu/layers.py CpuDeconv; auto: adjoint_conv with "
                            "oneDNN's kernels, else four_phase)")
   parser.add_argument("--host-malloc", default="retain", choices=("retain", "default"),
                       help="glibc malloc for the whole process, both frameworks: 'retain' keeps freed memory "
-                           "for reuse (cascaded_lift/hostmem.py; the trainer's default), 'default' leaves glibc's")
+                           "for reuse (cascaded_lift/cpu/hostmem.py; what config.cpu.host_malloc='retain' does), "
+                           "'default' leaves glibc's")
   parser.add_argument("--cpu-conv", default="auto", choices=("auto", "onednn", "xla"),
-                      help="which kernels compute float32 convolutions on CPU: oneDNN's through the XLA FFI "
-                           "(auto: where they build) or XLA's own (models/conv_ops.py)")
+                      help="which kernels compute the CPU forms' float32 convolutions: oneDNN's through the XLA FFI "
+                           "(auto: where they build) or XLA's own (cpu/conv_ops.py KERNELS)")
   parser.add_argument("--conv-grad", default="auto", choices=("auto", "taps", "xla"),
-                      help="how XLA's path computes convolution kernel gradients on CPU (models/conv_ops.py)")
+                      help="how the CPU forms compute convolution kernel gradients on XLA's path "
+                           "(cpu/conv_ops.py KERNEL_GRADS)")
 
 
-def apply_model_args(args: Any) -> None:
-  """Applies the options that are process-wide switches rather than model attributes (--cpu-conv,
-  --conv-grad, --host-malloc); --cpu-conv onednn fails here, with the reason, when the kernels cannot be
-  built. Call it before the first JAX or PyTorch computation (malloc options act on arenas created later)."""
-  from cascaded_lift import hostmem  # pylint: disable=g-import-not-at-top
-  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
-  hostmem.configure(args.host_malloc)
-  conv_ops.CPU_CONV = args.cpu_conv
-  conv_ops.CPU_KERNEL_GRAD = args.conv_grad
+def configure_host(args: Any) -> bool:
+  """Applies --host-malloc to the whole process (cpu/hostmem.py). Call it before the first JAX or PyTorch
+  computation: malloc options act on arenas created later. True when glibc's options were changed."""
+  from cascaded_lift.cpu import hostmem  # pylint: disable=g-import-not-at-top
+  return hostmem.configure(args.host_malloc)
+
+
+def uses_cpu_forms(args: Any) -> bool:
+  """Whether --platform-ops picks the CPU forms on JAX's default backend (cascaded_lift.platform's rule)."""
+  from cascaded_lift import platform as platform_policy  # pylint: disable=g-import-not-at-top
+  return platform_policy.uses_cpu_forms({"platform_ops": args.platform_ops})
+
+
+def layer_ops(args: Any) -> Any:
+  """The models.LayerOps the benchmarked network is built from: STANDARD_OPS, or
+  cpu_ops(conv=--cpu-conv, kernel_grad=--conv-grad, deconv=--deconv) where --platform-ops picks the CPU
+  forms (cascaded_lift.platform's policy). --cpu-conv onednn fails here, with the reason, when the
+  kernels cannot be built. Starts JAX's backend: call configure_host first."""
+  from cascaded_lift.cpu import layers  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models.ops import STANDARD_OPS  # pylint: disable=g-import-not-at-top
+  if not uses_cpu_forms(args):
+    return STANDARD_OPS
   if args.cpu_conv == "onednn":
-    from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+    from cascaded_lift.cpu.kernels import onednn  # pylint: disable=g-import-not-at-top
     onednn.register()
+  return layers.cpu_ops(conv=args.cpu_conv, kernel_grad=args.conv_grad, deconv=args.deconv)
 
 
-def cpu_conv_report() -> dict[str, Any]:
-  """What computed the convolutions: the CPU_CONV mode and, for CPU float32, whether oneDNN did."""
-  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
-  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
-  return {"mode": conv_ops.CPU_CONV, "onednn_float32": conv_ops.onednn_active("float32"),
-          "onednn_unavailable_reason": onednn.unavailable_reason(), "onednn_version": onednn.version()}
+def flops_ops(args: Any, ops: Any) -> Any:
+  """The LayerOps to count FLOPs with (xla_flops): `ops` with XLA's own convolutions in place of the oneDNN
+  custom calls, which XLA's cost analysis cannot see into (they would count as zero). The same
+  formulations otherwise: STANDARD_OPS stays, the CPU forms become cpu_ops(conv="xla", ...)."""
+  from cascaded_lift.cpu import layers  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models.ops import STANDARD_OPS  # pylint: disable=g-import-not-at-top
+  if ops == STANDARD_OPS:
+    return ops
+  return layers.cpu_ops(conv="xla", kernel_grad=args.conv_grad, deconv=args.deconv)
+
+
+def ops_report(args: Any, ops: Any) -> dict[str, Any]:
+  """The JSON fields that say how the network's layers were computed: platform_ops, layer_ops (the
+  LayerOps' name) and cpu_conv (cpu_conv_report)."""
+  return {"platform_ops": args.platform_ops, "layer_ops": ops.name, "cpu_conv": cpu_conv_report(args, ops)}
+
+
+def cpu_conv_report(args: Any, ops: Any) -> dict[str, Any]:
+  """What computed the convolutions: the --cpu-conv mode and, for CPU float32, whether oneDNN did (never
+  with the standard layers)."""
+  from cascaded_lift.cpu.kernels import onednn  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.cpu import conv_ops  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models.ops import STANDARD_OPS  # pylint: disable=g-import-not-at-top
+  active = ops != STANDARD_OPS and conv_ops.onednn_active("float32", args.cpu_conv)
+  return {"mode": args.cpu_conv, "onednn_float32": active, "onednn_unavailable_reason": onednn.unavailable_reason(),
+          "onednn_version": onednn.version()}
 
 
 def xla_flops(fn: Callable[..., Any], *args: Any) -> float | None:
-  """XLA's cost-analysis FLOPs of jit(fn)(*args), lowered with XLA's own convolutions (it cannot see
-  inside the oneDNN custom calls, which would count as zero)."""
+  """XLA's cost-analysis FLOPs of jit(fn)(*args). fn must compute its convolutions with XLA's own
+  operations (a model built with flops_ops): XLA cannot see inside the oneDNN custom calls, which would
+  count as zero, so a function that lowers to them is refused with a ValueError."""
   import jax  # pylint: disable=g-import-not-at-top
-  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
-  with conv_ops.cpu_conv("xla"):
-    # A fresh function object: jax.jit(fn) would reuse fn's trace from the timed program, made with
-    # the oneDNN calls (JAX caches traces by function, not by CPU_CONV).
-    cost = jax.jit(lambda *a: fn(*a)).lower(*args).compile().cost_analysis()
+  lowered = jax.jit(fn).lower(*args)
+  if "cascaded_lift_onednn" in lowered.as_text():
+    raise ValueError("xla_flops: the function lowers to oneDNN custom calls, whose FLOPs XLA's cost analysis "
+                     "counts as zero; build it with common.flops_ops(args, ops)")
+  cost = lowered.compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost["flops"]) if cost and "flops" in cost else None

@@ -1,6 +1,6 @@
 """Camera geometry, person boxes and the crop affine transform.
 
-Conventions (DESIGN.md section 1): millimetres for 3D, pixels for images, camera frame x right, y down,
+Conventions (docs/design.md section 1): millimetres for 3D, pixels for images, camera frame x right, y down,
 z forward; X_cam = R X_world + t with R world-to-camera. Every function accepts NumPy or jax.numpy
 arrays (jit-able) with any leading batch axes, and returns the same kind it was given.
 

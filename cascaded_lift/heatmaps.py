@@ -1,6 +1,6 @@
 """Integral regression (soft-argmax), the 2.5D lifting input and the flip test.
 
-Conventions (DESIGN.md sections 1 and 3): voxel coordinates are 0-based indices, x and y in output
+Conventions (docs/design.md sections 1 and 3): voxel coordinates are 0-based indices, x and y in output
 pixels (pixel-index coordinates: the centre of output pixel (i, j) is x = j, y = i), z in depth bins,
 z = (z_rel_mm / 1000 + 1) / 2 * D. Volumes are (B, J, D, H, W) with axis order (depth, row, column).
 
@@ -80,7 +80,7 @@ def soft_argmax_2d(maps: Array) -> jax.Array:
 
 def lifting_input(coords: Array, boxes: Array, depth_bins: int, output_size: int | tuple[int, int],
                   root: int = 0) -> jax.Array:
-  """The lifter's 2.5D input (DESIGN.md section 3 item 7), as the released model builds it.
+  """The lifter's 2.5D input (docs/design.md section 3 item 7), as the released model builds it.
 
   With the box [x0, y0, w, h]: u = x / W * w + x0, v = y / H * h + y0 (original image pixels),
   z_mm = (z / D * 2 - 1) * 1000 with the root joint's z_mm set to 0 (the other joints' z_mm are not
@@ -109,7 +109,7 @@ def lifting_input(coords: Array, boxes: Array, depth_bins: int, output_size: int
 
 def flip_test(apply_fn: Callable[[Array, Array], Mapping[str, Array]], images: Array, boxes: Array,
               skeleton: Skeleton, *, coord_flip_width: float | None = None) -> dict[str, jax.Array]:
-  """Averages a model's predictions on a crop and on its horizontal mirror (DESIGN.md section 3).
+  """Averages a model's predictions on a crop and on its horizontal mirror (docs/design.md section 3).
 
   The mirrored crop `images[:, :, ::-1]` runs with the same box. Its 3D pose is mirrored back by
   negating x, its voxel coordinates by x -> coord_flip_width - x; then left and right joints are

@@ -1,4 +1,4 @@
-"""3D pose evaluation metrics (DESIGN.md section 7) and Human3.6M per-action aggregation.
+"""3D pose evaluation metrics (docs/design.md section 7) and Human3.6M per-action aggregation.
 
 Every metric takes `(pred, gt, mask=None)` with pred and gt (N, J, 3) in millimetres and returns the
 mean over valid joints as a Python float, or with `per_sample=True` an (N,) float64 array of per-sample
@@ -26,8 +26,8 @@ Human3.6M: :func:`per_action` groups per-sample errors by action id (2..16) and 
 means, the sample-weighted total and the mean of the action means; :func:`format_action_table` lays
 them out as in the paper's tables.
 
-The MuPoTS-3D evaluator lives in :mod:`cascaded_lift.mupots_eval`; its public names
-(MuPoTSEvaluator, MUPOTS_JOINT_GROUPS, format_mupots_table) are importable from here as well.
+The MuPoTS-3D evaluator (MuPoTSEvaluator, MUPOTS_JOINT_GROUPS, format_mupots_table) lives in
+:mod:`cascaded_lift.evaluation.mupots_score`, which builds on these functions.
 """
 
 from __future__ import annotations
@@ -279,16 +279,3 @@ def format_action_table(rows: Mapping[str, Mapping[str, Any]], markdown: bool = 
   widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
   return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                    for r in [header] + body)
-
-
-# The MuPoTS-3D evaluator's names, imported lazily so that metrics and mupots_eval can depend on each
-# other's module without a circular import at load time.
-_MUPOTS_NAMES = ("MuPoTSEvaluator", "MUPOTS_JOINT_GROUPS", "format_mupots_table", "rescale_to_bone_lengths",
-                 "bone_tree", "match_people")
-
-
-def __getattr__(name: str) -> Any:
-  if name in _MUPOTS_NAMES:
-    from cascaded_lift import mupots_eval  # pylint: disable=g-import-not-at-top
-    return getattr(mupots_eval, name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

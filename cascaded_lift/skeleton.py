@@ -1,7 +1,7 @@
 """Joint sets (skeletons) and operations on joint arrays that depend only on joint names.
 
 A :class:`Skeleton` is an immutable value: joint names, bones as (parent, child) index pairs, the
-root joint and the left/right flip pairs. The joint sets of DESIGN.md section 2 are module constants:
+root joint and the left/right flip pairs. The joint sets of docs/design.md section 2 are module constants:
 :data:`H36M` (the model's default, 18 joints, 16 bones), :data:`MPII` (16), :data:`COCO` (17 + Thorax
 and Pelvis = 19) and :data:`MUCO` (MuCo-3DHP / MuPoTS-3D, 21).
 

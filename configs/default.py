@@ -1,4 +1,4 @@
-"""The paper's model and stage-1/stage-2 regime (DESIGN.md section 6); the other configs start from it.
+"""The paper's model and stage-1/stage-2 regime (docs/design.md section 6); the other configs start from it.
 
 Not a run of its own: use configs/h36m.py, configs/muco_mupots.py or configs/synthetic.py, e.g.
   python train.py --config configs/h36m.py:protocol=1 --workdir ~/runs/h36m_p1
@@ -18,7 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   # CascadedLiftNet constructor arguments (num_joints/num_bones/depth_bins come from skeleton/data).
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=50, resnet_width=64, resnet_output_stride=32, head_width=256, bone_width=128, lifter_width=1024,
-      lifter_blocks=5, lifter_layers_per_block=3, lifter_dropout=0.0, deconv_formulation="auto"))
+      lifter_blocks=5, lifter_layers_per_block=3, lifter_dropout=0.0, num_deconvs=3, context_bottlenecks=2,
+      joint_bottlenecks=2, depth_bottlenecks=1, volumetric_bottlenecks=3, aspp_dilations=(4, 8, 12)))
 
   # The data section (fields documented in cascaded_lift/data/config.py); its skeleton follows c.skeleton.
   c.data = data_config.default_data_config()
@@ -34,7 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
       sigma=2.0,               # joint Gaussians, output px
       bone_sigma_start=4.0,    # bone heatmaps: annealed from start to end over stage 1
       bone_sigma_end=2.0,
-      ordinal_threshold=0.1))  # pixels whose largest joint heatmap exceeds this get ordinal labels
+      ordinal_threshold=0.1,   # pixels whose largest joint heatmap exceeds this get ordinal labels
+      volume_method="scatter"))  # how the depth-centric volume target is built (training/targets.py)
   c.loss_weights = ml_collections.ConfigDict(dict(bone=1.0, joint=1.0, volume_3d=1.0, depth=0.1, coord=1.0))
   c.geodesic_normalization = True   # stage 2: scale training poses to 1077 mm neck-to-knee
 
@@ -57,8 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, max_to_keep=3, async_save=True))
   c.log_every_steps = 50
   c.progress_bar = True
-  # "retain": glibc keeps freed memory for reuse (cascaded_lift/hostmem.py: XLA:CPU's per-step page faults
-  # were 4 s of a 6.7 s CPU training step); "default": leave malloc as it is.
-  c.host_malloc = "retain"
+  # Which layer implementations the network is built from (cascaded_lift/platform.py): "auto" = the
+  # XLA:CPU forms on a CPU backend, the standard Flax layers on GPU and TPU.
+  c.platform_ops = "auto"
+  # The CPU forms' settings, used only when they are chosen. host_malloc "retain" makes glibc keep freed
+  # memory for reuse on a CPU backend (cpu/hostmem.py; docs/design.md section 10): it removed XLA:CPU's
+  # per-step page faults, at the cost of keeping the peak heap; off unless a config asks for it.
+  c.cpu = ml_collections.ConfigDict(dict(conv="auto", kernel_grad="auto", deconv="auto", host_malloc="default"))
   c.eval = ml_collections.ConfigDict(dict(enabled=True, batch_size=64, flip_test=True, num_plot_examples=4))
   return c

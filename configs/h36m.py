@@ -11,7 +11,7 @@ Protocol 2: train S1, S5, S6, S7, S8, S9, test S11, PA-MPJPE (paper: 31.8 mm).
 
 import ml_collections
 
-from configs import default
+from cascaded_lift.configs import default
 
 
 def get_config(arg: str = "protocol=1") -> ml_collections.ConfigDict:

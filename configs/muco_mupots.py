@@ -10,7 +10,7 @@
 import ml_collections
 
 from cascaded_lift.data import config as data_config
-from configs import default
+from cascaded_lift.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

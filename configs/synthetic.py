@@ -36,14 +36,14 @@ normalisation, fixed studio backgrounds, 64 training bodies instead of 8.
 import ml_collections
 
 from cascaded_lift.data import config as data_config
-from configs import default
+from cascaded_lift.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=18, resnet_width=16, head_width=32, bone_width=16, lifter_width=256, lifter_blocks=2,
-      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="auto",
+      lifter_layers_per_block=2, lifter_dropout=0.0,
       volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1,
       resnet_output_stride=16, num_deconvs=1))  # 96 px crops, stride 16 -> 6x6 C5, one deconv -> 12x12 maps
   c.data.train_3d = data_config.source_config("synthetic", "train", "studio")
@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.num_steps = 2500
   c.stage2.decay_epochs = (5.3334,)  # epochs of 375 steps: decay at step 2000
   c.checkpoint.every_steps = 500
+  c.cpu.host_malloc = "retain"  # a CPU job: reuse freed pages (platform.configure_host)
   c.log_every_steps = 50
   c.eval.batch_size = 100
   c.eval.num_plot_examples = 4

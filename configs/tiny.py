@@ -5,15 +5,15 @@
 
 import ml_collections
 
-from configs import default
-from configs import synthetic
+from cascaded_lift.configs import default
+from cascaded_lift.configs import synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = synthetic.get_config()
   c.model = ml_collections.ConfigDict(dict(
       resnet_depth=18, resnet_width=8, head_width=16, bone_width=8, lifter_width=32, lifter_blocks=1,
-      lifter_layers_per_block=2, lifter_dropout=0.0, deconv_formulation="auto",
+      lifter_layers_per_block=2, lifter_dropout=0.0,
       volumetric_bottlenecks=1, context_bottlenecks=1, joint_bottlenecks=1, depth_bottlenecks=1,
       num_deconvs=3))
   c.data.train_3d.config = "small"

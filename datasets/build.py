@@ -18,6 +18,10 @@ import os
 import sys
 from typing import Sequence
 
+import tensorflow_datasets as tfds
+
+from cascaded_lift import datasets
+
 log = logging.getLogger(__name__)
 
 
@@ -37,9 +41,6 @@ def build(name: str, config: str | None = None, manual_dir: str | os.PathLike | 
   Raises:
     FileNotFoundError: `manual_dir` is given but does not exist, or is required and missing.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from cascaded_lift import datasets  # pylint: disable=g-import-not-at-top
-
   cls = datasets.get_builder_class(name)
   if manual_dir is not None:
     manual_dir = os.path.expanduser(os.fspath(manual_dir))

@@ -2,13 +2,8 @@
 
 import os
 import pathlib
-import sys
 
 import pytest
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # configs/ is imported as a package from the repository root
-  sys.path.insert(0, str(REPO_ROOT))
 
 # Tests see one CPU device unless a test asks for more in a subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,9 +21,9 @@ def fixtures_dir() -> pathlib.Path:
 
 @pytest.fixture
 def onednn_kernels() -> None:
-  """Skips unless the oneDNN kernels build here (cascaded_lift/kernels); CI installs oneDNN, so there a
+  """Skips unless the oneDNN kernels build here (cascaded_lift/cpu/kernels); CI installs oneDNN, so there a
   missing kernel is a failure, not a skip."""
-  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.cpu.kernels import onednn  # pylint: disable=g-import-not-at-top
   reason = onednn.unavailable_reason()
   if reason is not None:
     if os.environ.get("CI"):

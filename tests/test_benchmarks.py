@@ -26,11 +26,10 @@ def test_hlo_classes_names_convolutions_matmuls_and_transposes():
 
   classes = set(bench_ops.hlo_classes(_compiled_text(conv_only, x, w)).values())
   assert "convolution" in classes and "matmul" not in classes
-  from cascaded_lift.kernels import onednn  # pylint: disable=g-import-not-at-top
-  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.cpu.kernels import onednn  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.cpu import conv_ops  # pylint: disable=g-import-not-at-top
   if onednn.available():  # the oneDNN custom calls count as convolutions too
-    with conv_ops.cpu_conv("onednn"):
-      text = _compiled_text(lambda x, w: conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1), x, w)
+    text = _compiled_text(lambda x, w: conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1, kernels="onednn"), x, w)
     assert "cascaded_lift_onednn_conv_forward" in text
     assert set(bench_ops.hlo_classes(text).values()) & {"convolution", "matmul"} == {"convolution"}
   classes = set(bench_ops.hlo_classes(_compiled_text(lambda a: a @ a.T, m)).values())
@@ -53,17 +52,48 @@ def test_trace_op_times_sees_the_ops_of_a_jitted_call():
   assert names & set(per_op), "no traced op matched an instruction of the compiled module"
 
 
-def test_xla_flops_counts_convolutions_of_a_function_already_traced_with_onednn(onednn_kernels):
+def _model_args(*argv):
+  import argparse  # pylint: disable=g-import-not-at-top
   import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
-  from cascaded_lift.models import conv_ops  # pylint: disable=g-import-not-at-top
-  x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  parser = argparse.ArgumentParser()
+  common.add_model_args(parser)
+  return parser.parse_args(list(argv))
 
-  def conv(x, w):
-    return conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1)
 
-  with conv_ops.cpu_conv("onednn"):  # as the timed program is traced: the conv is a custom call
-    assert "cascaded_lift_onednn_conv_forward" in _compiled_text(conv, x, w)
-    flops = common.xla_flops(conv, x, w)
+def test_layer_ops_follow_the_platform_flags():
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  from cascaded_lift.cpu import layers  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models import STANDARD_OPS  # pylint: disable=g-import-not-at-top
+  args = _model_args()
+  assert (args.platform_ops, args.cpu_conv, args.conv_grad, args.deconv) == ("auto", "auto", "auto", "auto")
+  assert jax.default_backend() == "cpu"  # tests run on CPU (conftest): auto means the CPU forms
+  assert common.layer_ops(args) is layers.cpu_ops(conv="auto", kernel_grad="auto", deconv="auto")
+  assert common.layer_ops(_model_args("--platform-ops", "standard", "--cpu-conv", "xla")) is STANDARD_OPS
+  flags = _model_args("--platform-ops", "cpu", "--cpu-conv", "xla", "--conv-grad", "taps", "--deconv", "four_phase")
+  ops = common.layer_ops(flags)
+  assert ops is layers.cpu_ops(conv="xla", kernel_grad="taps", deconv="four_phase")
+  report = common.ops_report(flags, ops)
+  assert report["platform_ops"] == "cpu" and report["layer_ops"] == ops.name
+  assert report["cpu_conv"]["mode"] == "xla" and report["cpu_conv"]["onednn_float32"] is False
+  # FLOPs are counted with XLA's convolutions and otherwise the same layers.
+  assert common.flops_ops(flags, ops) is layers.cpu_ops(conv="xla", kernel_grad="taps", deconv="four_phase")
+  assert common.flops_ops(flags, STANDARD_OPS) is STANDARD_OPS
+  assert common.ops_report(flags, STANDARD_OPS)["cpu_conv"]["onednn_float32"] is False
+
+
+def test_xla_flops_counts_convolutions_of_the_xla_form_and_refuses_onednn_calls(onednn_kernels):
+  import common  # pylint: disable=g-import-not-at-top  # benchmarks/common.py
+  x = jnp.ones((2, 8, 8, 3))
+  args = _model_args("--cpu-conv", "onednn")
+  ops = common.layer_ops(args)  # as the timed program is built: the conv is a custom call
+  layer = ops.conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  variables = {"params": {"kernel": jnp.ones((3, 3, 3, 4))}}
+  conv = lambda v, x: layer.apply(v, x)  # noqa: E731
+  assert "cascaded_lift_onednn_conv_forward" in _compiled_text(conv, variables, x)
+  with pytest.raises(ValueError, match="oneDNN custom calls"):
+    common.xla_flops(conv, variables, x)
+  counted = common.flops_ops(args, ops).conv(4, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)
+  flops = common.xla_flops(lambda v, x: counted.apply(v, x), variables, x)
   # 2 x the multiply-adds of a 3x3 SAME convolution that touch the image (XLA skips the padding): per
   # spatial axis the 8 outputs read 3 taps each but the two border outputs one fewer, 22 in all.
   assert flops == 2 * 2 * 4 * 3 * 22 * 22

@@ -1,6 +1,7 @@
 """The CPU-friendly ops: conv_ops.conv2d (the same operator and gradients as a convolution, checked
-against PyTorch's conv2d and a NumPy loop for the kernel gradient, with oneDNN's kernels and with XLA's)
-and blocks.max_pool (a NumPy loop)."""
+against PyTorch's conv2d and a NumPy loop for the kernel gradient, with oneDNN's kernels and with XLA's,
+chosen by its `kernels` / `kernel_grad` arguments) and cpu.layers.max_pool_taps / max_pool (a NumPy loop,
+nn.max_pool)."""
 
 import json
 import os
@@ -12,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascaded_lift.kernels import onednn
-from cascaded_lift.models import conv_ops
+from cascaded_lift.cpu.kernels import onednn
+from cascaded_lift.cpu import conv_ops
+from cascaded_lift.cpu import layers
 
 CASES = [  # kernel, stride, dilation, padding, in channels
     (3, 1, 1, 1, 5),
@@ -25,16 +27,17 @@ CASES = [  # kernel, stride, dilation, padding, in channels
 ]
 
 
-@pytest.fixture(params=["onednn", "taps", "xla"])
-def kernel_grad(request, monkeypatch):
-  """Runs a test with each way of computing convolutions on CPU: oneDNN's kernels, or XLA's with the
-  kernel gradient as tap products or as XLA's own."""
+# conv2d's arguments for each way of computing convolutions on CPU: oneDNN's kernels, or XLA's with the
+# kernel gradient as tap products or as XLA's own.
+MODES = {"onednn": dict(kernels="onednn"), "taps": dict(kernels="xla", kernel_grad="taps"),
+         "xla": dict(kernels="xla", kernel_grad="xla")}
+
+
+@pytest.fixture(params=list(MODES))
+def kernel_grad(request):
+  """Runs a test with each of MODES (its name; MODES[name] are the arguments to pass)."""
   if request.param == "onednn":
     request.getfixturevalue("onednn_kernels")
-    monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
-  else:
-    monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
-    monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", request.param)
   return request.param
 
 
@@ -52,7 +55,7 @@ def test_conv2d_matches_torch_forward_and_gradients(k, s, d, p, c, kernel_grad):
   yt = torch.nn.functional.conv2d(xt, wt, stride=s, padding=p, dilation=d)
   cot = np.random.default_rng(1).normal(size=yt.shape).astype(np.float32)
   (yt * torch.from_numpy(cot)).sum().backward()
-  f = lambda x, w: conv_ops.conv2d(x, w, s, ((p, p), (p, p)), d)  # noqa: E731
+  f = lambda x, w: conv_ops.conv2d(x, w, s, ((p, p), (p, p)), d, **MODES[kernel_grad])  # noqa: E731
   y = jax.jit(f)(x, w)
   np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
   gx, gw = jax.jit(jax.grad(lambda x, w: jnp.sum(f(x, w) * cot.transpose(0, 2, 3, 1)), argnums=(0, 1)))(x, w)
@@ -73,7 +76,8 @@ def test_conv2d_transpose_is_the_convolutions_input_gradient(k, s, d, p, c, kern
   def ref(y, kk):
     return jax.vjp(lambda v: ref_conv(v, kk), jnp.zeros_like(x))[1](y)[0]
 
-  ours = lambda y, kk: conv_ops.conv2d_transpose(y, kk, s, pad, d, x.shape[1:3])  # noqa: E731
+  kernels = MODES[kernel_grad]["kernels"]  # the transpose has no kernel_grad: XLA's path is XLA's own
+  ours = lambda y, kk: conv_ops.conv2d_transpose(y, kk, s, pad, d, x.shape[1:3], kernels=kernels)  # noqa: E731
   np.testing.assert_allclose(jax.jit(ours)(y, w), ref(y, w), rtol=1e-4, atol=1e-4)
   cot = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
   g_ours = jax.jit(jax.grad(lambda y, kk: jnp.sum(ours(y, kk) * cot), argnums=(0, 1)))(y, w)
@@ -84,6 +88,8 @@ def test_conv2d_transpose_is_the_convolutions_input_gradient(k, s, d, p, c, kern
     grad = jax.jit(jax.grad(lambda y, kk: jnp.sum(ours(y, kk) * cot), argnums=(0, 1)))
     text = grad.lower(y, w).compile().as_text() + jax.jit(ours).lower(y, w).compile().as_text()
     assert all(t in text for t in onednn.TARGETS) and " convolution(" not in text
+  else:  # kernels="xla": XLA's convolutions, no custom call
+    assert "cascaded_lift_onednn" not in jax.jit(ours).lower(y, w).as_text()
 
 
 def test_kernel_gradient_matches_a_numpy_loop(kernel_grad):
@@ -99,30 +105,34 @@ def test_kernel_gradient_matches_a_numpy_loop(kernel_grad):
         for v in range(dy.shape[2]):
           ref[i, j] += xp[:, h * s + i * d, v * s + j * d, :].T @ dy[:, h, v, :]
   grad = lambda: jax.jit(jax.grad(lambda w: jnp.sum(  # noqa: E731
-      conv_ops.conv2d(jnp.asarray(x), w, s, ((p, p), (p, p)), d) * dy)))(jnp.asarray(w))
+      conv_ops.conv2d(jnp.asarray(x), w, s, ((p, p), (p, p)), d, **MODES[kernel_grad]) * dy)))(jnp.asarray(w))
   np.testing.assert_allclose(grad(), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_auto_uses_taps_only_for_wide_dilated_or_phase_kernels(monkeypatch):
-  monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
-  monkeypatch.setattr(conv_ops, "CPU_KERNEL_GRAD", "auto")
-  assert conv_ops._prefer_taps((3, 3, 256, 256), dilation=4)
-  assert conv_ops._prefer_taps((2, 2, 256, 256), dilation=1)
-  assert not conv_ops._prefer_taps((3, 3, 256, 256), dilation=1)
-  assert not conv_ops._prefer_taps((2, 2, 128, 32), dilation=1)
+def test_auto_uses_taps_only_for_wide_dilated_or_phase_kernels():
+  assert conv_ops._prefer_taps((3, 3, 256, 256), dilation=4, kernel_grad="auto")
+  assert conv_ops._prefer_taps((2, 2, 256, 256), dilation=1, kernel_grad="auto")
+  assert not conv_ops._prefer_taps((3, 3, 256, 256), dilation=1, kernel_grad="auto")
+  assert not conv_ops._prefer_taps((2, 2, 128, 32), dilation=1, kernel_grad="auto")
+  # An explicit setting wins whatever the kernel.
+  assert conv_ops._prefer_taps((3, 3, 8, 8), dilation=1, kernel_grad="taps")
+  assert not conv_ops._prefer_taps((3, 3, 256, 256), dilation=4, kernel_grad="xla")
 
-  def grad_program(cout):
-    f = lambda w: jnp.sum(conv_ops.conv2d(jnp.ones((1, 9, 9, 128)), w, 1, ((0, 0), (0, 0)), 1))  # noqa: E731
+  def grad_program(cout, kernel_grad="auto"):
+    f = lambda w: jnp.sum(conv_ops.conv2d(jnp.ones((1, 9, 9, 128)), w, 1, ((0, 0), (0, 0)), 1,  # noqa: E731
+                                          kernels="xla", kernel_grad=kernel_grad))
     return str(jax.make_jaxpr(jax.grad(f))(jnp.ones((2, 2, 128, cout))))
 
   # The CPU branch of platform_dependent holds the tap products only where auto chose taps.
   assert "dot_general" in grad_program(128)
   assert "dot_general" not in grad_program(32)
+  assert "dot_general" in grad_program(32, "taps") and "dot_general" not in grad_program(128, "xla")
 
 
 def test_bfloat16_gradients_keep_their_dtype_and_track_float32(kernel_grad):
   x, w = _case(3, 8)
-  loss = lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1).astype(jnp.float32) ** 2)  # noqa: E731
+  loss = lambda x, w: jnp.sum(conv_ops.conv2d(  # noqa: E731
+      x, w, 1, ((1, 1), (1, 1)), 1, **MODES[kernel_grad]).astype(jnp.float32) ** 2)
   g32 = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(w))
   g16 = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x, jnp.bfloat16), jnp.asarray(w, jnp.bfloat16))
   for a, b in zip(g16, g32):
@@ -134,8 +144,10 @@ def test_bfloat16_gradients_keep_their_dtype_and_track_float32(kernel_grad):
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window, stride, pad, ties):
   """With ties the gradient goes to the window's first maximum in row-major order (np.argmax; PyTorch's
-  rule)."""
-  from cascaded_lift.models.blocks import max_pool  # pylint: disable=g-import-not-at-top
+  rule). layers.max_pool (nn.max_pool's signature, what cpu_ops() holds) is the same function and gives
+  nn.max_pool's values."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  max_pool = layers.max_pool_taps
   x = np.random.default_rng(5).normal(size=(2, 13, 10, 3)).astype(np.float32)
   if ties:  # a few integer values: most windows hold their maximum more than once
     x = np.round(x).astype(np.float32)
@@ -154,35 +166,49 @@ def test_max_pool_matches_a_numpy_loop_and_its_gradient_picks_the_maximum(window
   np.testing.assert_array_equal(max_pool(jnp.asarray(x), window, stride, pad), ref)
   grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, stride, pad)))))(jnp.asarray(x))
   np.testing.assert_allclose(grad, grad_ref[:, pad:pad + 13, pad:pad + 10], rtol=1e-6, atol=1e-6)
+  flax_args = ((window, window), (stride, stride), ((pad, pad), (pad, pad)))
+  np.testing.assert_array_equal(layers.max_pool(jnp.asarray(x), *flax_args), ref)
+  np.testing.assert_array_equal(nn.max_pool(jnp.asarray(x), *flax_args), ref)
+  grad2 = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(layers.max_pool(x, *flax_args)))))(jnp.asarray(x))
+  np.testing.assert_array_equal(grad2, grad)
 
 
-def _grad_program_text(platforms=None) -> str:
+def _grad_program_text(platforms=None, kernels="auto") -> str:
   x, w = jnp.ones((2, 9, 9, 4)), jnp.ones((3, 3, 4, 5))
-  f = jax.jit(jax.grad(lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1) ** 2), argnums=(0, 1)))
+  f = jax.jit(jax.grad(lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1, kernels=kernels) ** 2),
+                       argnums=(0, 1)))
   if platforms is None:
     return f.lower(x, w).as_text()
   from jax import export  # pylint: disable=g-import-not-at-top
   return export.export(f, platforms=platforms)(x, w).mlir_module()
 
 
-def test_onednn_mode_puts_all_three_custom_calls_in_the_cpu_program_only(monkeypatch, onednn_kernels):
-  monkeypatch.setattr(conv_ops, "CPU_CONV", "onednn")
-  cpu = _grad_program_text()
+def test_onednn_mode_puts_all_three_custom_calls_in_the_cpu_program_only(onednn_kernels):
+  cpu = _grad_program_text(kernels="onednn")
   for target in onednn.TARGETS:
     assert target in cpu
   # Lowered for a GPU (no GPU needed to lower), platform_dependent keeps XLA's convolutions.
-  cuda = _grad_program_text(platforms=("cuda",))
+  cuda = _grad_program_text(platforms=("cuda",), kernels="onednn")
   assert "cascaded_lift_onednn" not in cuda and "convolution" in cuda
-  monkeypatch.setattr(conv_ops, "CPU_CONV", "xla")
-  assert "cascaded_lift_onednn" not in _grad_program_text()
-  with conv_ops.cpu_conv("onednn"):  # bfloat16 always takes XLA's path
-    assert not conv_ops.onednn_active(jnp.bfloat16)
+  assert "cascaded_lift_onednn" not in _grad_program_text(kernels="xla")
+  assert conv_ops.onednn_active(jnp.float32, "onednn") and not conv_ops.onednn_active(jnp.float32, "xla")
+  assert not conv_ops.onednn_active(jnp.bfloat16, "onednn")  # bfloat16 always takes XLA's path
 
 
 def test_cpu_conv_mode_is_checked():
-  with pytest.raises(ValueError, match="must be one of"):
-    with conv_ops.cpu_conv("mkl"):
-      pass
+  x, w = jnp.ones((1, 5, 5, 2)), jnp.ones((3, 3, 2, 2))
+  with pytest.raises(ValueError, match=r"config\.cpu\.conv must be one of"):
+    conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1, kernels="mkl")
+  with pytest.raises(ValueError, match=r"config\.cpu\.kernel_grad must be one of"):
+    conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), 1, kernel_grad="fast")
+  with pytest.raises(ValueError, match=r"config\.cpu\.conv must be one of"):
+    conv_ops.onednn_active(jnp.float32, "mkl")
+  with pytest.raises(ValueError, match=r"config\.cpu\.conv must be one of"):
+    layers.cpu_ops(conv="mkl")
+  with pytest.raises(ValueError, match=r"config\.cpu\.kernel_grad must be one of"):
+    layers.cpu_ops(kernel_grad="fast")
+  with pytest.raises(ValueError, match=r"config\.cpu\.deconv must be one of"):
+    layers.cpu_ops(deconv="nope")
 
 
 def test_a_failed_build_names_the_compiler_and_the_source(tmp_path, monkeypatch):
@@ -200,30 +226,31 @@ def test_a_failed_build_names_the_compiler_and_the_source(tmp_path, monkeypatch)
 _SHARDED_SCRIPT = """
 import numpy as np, jax, jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from cascaded_lift.models import conv_ops
+from cascaded_lift.cpu import conv_ops
 mesh = Mesh(np.array(jax.devices()), ("data",))
 rng = np.random.default_rng(0)
 x = rng.normal(size=(8, 12, 12, 5)).astype(np.float32)
 w = rng.normal(size=(3, 3, 5, 7)).astype(np.float32)
-f = lambda x, w: jnp.sum(jnp.sin(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1)))
 batch, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
-results = {}
+xs = jax.device_put(x, batch)
+results, steps = {}, {}
 for mode in ("onednn", "xla"):
-  with conv_ops.cpu_conv(mode):
-    g = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), in_shardings=(batch, rep))
-    xs = jax.device_put(x, batch)
-    hlo = g.lower(xs, w).compile().as_text()
-    results[mode] = g(xs, w)
-    if mode == "onednn":
-      assert hlo.count("cascaded_lift_onednn") == 3, hlo
-      assert "all-gather" not in hlo, "activations gathered onto every device"
-      assert results[mode][1][0].sharding.spec == P("data")
+  f = lambda x, w, mode=mode: jnp.sum(jnp.sin(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1, kernels=mode)))
+  g = steps[mode] = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), in_shardings=(batch, rep))
+  hlo = g.lower(xs, w).compile().as_text()
+  results[mode] = g(xs, w)
+  if mode == "onednn":
+    assert hlo.count("cascaded_lift_onednn") == 3, hlo
+    assert "all-gather" not in hlo, "activations gathered onto every device"
+    assert results[mode][1][0].sharding.spec == P("data")
+  else:
+    assert "cascaded_lift_onednn" not in hlo
 for a, b in zip(jax.tree.leaves(results["onednn"]), jax.tree.leaves(results["xla"])):
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 # Four devices' programs ran their calls at the same time; the kernels took them one at a time.
-from cascaded_lift.kernels import onednn
+from cascaded_lift.cpu.kernels import onednn
 for _ in range(5):
-  jax.block_until_ready(g(xs, w))
+  jax.block_until_ready(steps["onednn"](xs, w))
 assert onednn.max_concurrent_calls() == 1, onednn.max_concurrent_calls()
 print("ok")
 """
@@ -243,20 +270,19 @@ def test_onednn_calls_are_batch_partitioned_across_devices(onednn_kernels):
 
 _FALLBACK_SCRIPT = """
 import numpy as np, jax, jax.numpy as jnp
-from cascaded_lift.models import conv_ops
+from cascaded_lift.cpu import conv_ops
 x = np.random.default_rng(0).normal(size=(2, 7, 6, 3)).astype(np.float32)
 w = np.random.default_rng(1).normal(size=(3, 3, 3, 4)).astype(np.float32)
-f = jax.jit(lambda x, w: conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1))
+f = jax.jit(lambda x, w: conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1, kernels="auto"))
 assert "cascaded_lift_onednn" not in f.lower(x, w).as_text()
 np.testing.assert_allclose(f(x, w), conv_ops.xla_conv2d(x, w, 2, ((1, 1), (1, 1)), 1), rtol=1e-6)
-assert not conv_ops.onednn_active("float32")
+assert not conv_ops.onednn_active("float32", "auto")
 print("ok")
 """
 
 
 def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(tmp_path):
-  out = _run_python(_FALLBACK_SCRIPT, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path),
-                    CASCADED_LIFT_CPU_CONV="auto")
+  out = _run_python(_FALLBACK_SCRIPT, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path))
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
   assert "oneDNN kernels unavailable" in out.stderr and "cascaded-lift-no-such-compiler" in out.stderr
 
@@ -264,18 +290,17 @@ def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(
 _INSTALL_SCRIPT = """
 import json
 import numpy as np, jax, jax.numpy as jnp
-from cascaded_lift.kernels import onednn
-from cascaded_lift.models import conv_ops
+from cascaded_lift.cpu.kernels import onednn
+from cascaded_lift.cpu import conv_ops
 onednn.register()
 rng = np.random.default_rng(0)
 x = rng.normal(size=(2, 9, 8, 5)).astype(np.float32)
 w = rng.normal(size=(3, 3, 5, 6)).astype(np.float32)
 cot = rng.normal(size=(2, 5, 4, 6)).astype(np.float32)
-f = lambda x, w: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1) * cot)
+f = lambda x, w, mode: jnp.sum(conv_ops.conv2d(x, w, 2, ((1, 1), (1, 1)), 1, kernels=mode) * cot)
 out = {}
 for mode in ("onednn", "xla"):
-  with conv_ops.cpu_conv(mode):
-    out[mode] = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, w)
+  out[mode] = jax.jit(jax.value_and_grad(f, argnums=(0, 1)), static_argnums=2)(x, w, mode)
 for a, b in zip(jax.tree.leaves(out["onednn"]), jax.tree.leaves(out["xla"])):
   np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 maps = sorted({line.split()[-1] for line in open("/proc/self/maps") if "libdnnl.so" in line})

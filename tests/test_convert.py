@@ -1,4 +1,4 @@
-"""Tests for cascaded_lift.convert: torchvision / released-model naming, layouts, files, errors."""
+"""Tests for cascaded_lift.weights.convert: torchvision / released-model naming, layouts, files, errors."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascaded_lift import convert
+from cascaded_lift.weights import convert
 from cascaded_lift.models import CascadedLiftNet, ResNet
 
 TINY = dict(num_joints=18, num_bones=16, depth_bins=8, resnet_depth=50, resnet_width=8,

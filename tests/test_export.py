@@ -11,13 +11,14 @@ import pytest
 
 pytest.importorskip("flatbuffers", reason="jax.export serialization needs the flatbuffers package")
 
-from cascaded_lift import export, inference  # noqa: E402
-from cascaded_lift.predict_cli import load_config  # noqa: E402
+from cascaded_lift.inference import export, exported, host  # noqa: E402
+from cascaded_lift.inference import predictor as inference  # noqa: E402
+from cascaded_lift.inference.cli import load_config  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
+TINY = [f"--config.{s}" for s in ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
         "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",
-        "data.image_size=64", "data.depth_bins=8"]
+        "data.image_size=64", "data.depth_bins=8"]]
 TINY_BLOCKS = dict(context_bottlenecks=1, joint_bottlenecks=1, depth_bottlenecks=1, volumetric_bottlenecks=1)
 
 
@@ -41,11 +42,11 @@ def _people(fixtures_dir, image_id):
 
 
 def test_exported_matches_live_model(fixtures_dir, live, exported_dir):
-  loaded = export.load_exported(exported_dir)
+  loaded = exported.load_exported(exported_dir)
   assert loaded.skeleton == live.skeleton and loaded.flip_test and loaded.image_size == 64
   assert not isinstance(loaded.exported.in_avals[-1].shape[0], int)  # boxes (b, 4): b is a symbol
   path, boxes = _people(fixtures_dir, 40083)  # 3 people: a padded batch of 4
-  image = inference.read_image(path)
+  image = host.read_image(path)
   want = live.predict(image, boxes, focal=(500.0, 500.0))
   got = loaded.predict(image, boxes, focal=(500.0, 500.0))
   for a, b in zip(got, want):
@@ -64,30 +65,30 @@ def test_exported_runs_without_model_code(fixtures_dir, live, exported_dir, tmp_
           "--out", str(tmp_path)]
   script = f"""
 import sys
-from cascaded_lift import predict_cli
+from cascaded_lift.inference import cli as predict_cli
 rc = predict_cli.main({args!r})
-assert "flax" not in sys.modules and "cascaded_lift.models" not in sys.modules, sorted(sys.modules)
+assert "flax" not in sys.modules and "cascaded_lift.models" not in sys.modules and "cascaded_lift.platform" not in sys.modules, sorted(sys.modules)
 sys.exit(rc)
 """
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   person, = json.loads((tmp_path / f"{path.stem}.json").read_text())["people"]
   assert (tmp_path / f"{path.stem}_overlay.png").is_file() and (tmp_path / f"{path.stem}_3d.png").is_file()
-  want, = live.predict(inference.read_image(path), boxes, focal=500.0)
+  want, = live.predict(host.read_image(path), boxes, focal=500.0)
   np.testing.assert_allclose(person["joints_2d_px"], want.joints_2d, atol=2e-3)
   np.testing.assert_allclose(person["pose_3d_cam_mm"], want.pose_3d_cam, atol=0.1, rtol=1e-5)
 
 
 def test_load_errors(exported_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="predict.jax_export is missing"):
-    export.load_exported(tmp_path)
+    exported.load_exported(tmp_path)
   broken = tmp_path / "broken"
   broken.mkdir()
-  for name in (export.EXPORT_FILE, export.META_FILE):
+  for name in (exported.EXPORT_FILE, exported.META_FILE):
     (broken / name).write_bytes((exported_dir / name).read_bytes())
-  np.savez(broken / export.VARIABLES_FILE, leaf_00000=np.zeros(3))
-  meta = json.loads((broken / export.META_FILE).read_text())
+  np.savez(broken / exported.VARIABLES_FILE, leaf_00000=np.zeros(3))
+  meta = json.loads((broken / exported.META_FILE).read_text())
   meta["leaf_dtypes"] = ["float64"]
-  (broken / export.META_FILE).write_text(json.dumps(meta))
+  (broken / exported.META_FILE).write_text(json.dumps(meta))
   with pytest.raises(ValueError, match="holds 1 arrays"):
-    export.load_exported(broken)
+    exported.load_exported(broken)

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from cascaded_lift import hostmem
+from cascaded_lift.cpu import hostmem
 
 _SCRIPT = """
 import ctypes, resource, sys, threading
-from cascaded_lift import hostmem
+from cascaded_lift.cpu import hostmem
 applied = hostmem.configure(sys.argv[1])
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -9,21 +9,23 @@ import jax
 import numpy as np
 import pytest
 
-from cascaded_lift import geometry, inference
+from cascaded_lift import geometry
+from cascaded_lift.inference import host
+from cascaded_lift.inference import predictor as inference
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import transforms
-from cascaded_lift.predict_cli import load_config
+from cascaded_lift.inference.cli import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
+TINY = [f"--config.{s}" for s in ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
         "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",
-        "data.image_size=64", "data.depth_bins=8"]
+        "data.image_size=64", "data.depth_bins=8"]]
 # Fewer head blocks than the paper's: the same code paths, a quarter of the compile time.
 TINY_BLOCKS = dict(context_bottlenecks=1, joint_bottlenecks=1, depth_bottlenecks=1, volumetric_bottlenecks=1)
 
 
 def tiny_config(*extra):
-  config = load_config(str(REPO / "configs" / "default.py"), TINY + list(extra))
+  config = load_config(str(REPO / "configs" / "default.py"), TINY + [f"--config.{e}" for e in extra])
   config.model.update(TINY_BLOCKS)
   return config
 
@@ -47,9 +49,9 @@ def _coco(fixtures_dir, image_id):
 
 def test_crop_is_the_pipelines_eval_crop(fixtures_dir):
   path, boxes = _coco(fixtures_dir, 40083)
-  image = inference.read_image(path)
-  _, crop_boxes = inference.check_boxes(boxes, image.shape[1], image.shape[0])
-  crops = inference.crop_people(image, crop_boxes, 64)
+  image = host.read_image(path)
+  _, crop_boxes = host.check_boxes(boxes, image.shape[1], image.shape[0])
+  crops = host.crop_people(image, crop_boxes, 64)
   skel = skeleton_lib.H36M
   for i, box in enumerate(boxes):
     record = {"image": path.read_bytes(), "bbox": box, "joints_img": np.zeros((skel.num_joints, 2)),
@@ -88,7 +90,7 @@ def test_predictor_on_coco_images(fixtures_dir, predictor):
   crops, crop_boxes, results = [], [], []
   for image_id in (785, 40083):
     path, boxes = _coco(fixtures_dir, image_id)
-    image = inference.read_image(path)
+    image = host.read_image(path)
     h, w = image.shape[:2]
     focal, principal = np.array([500.0, 520.0]), np.array([w / 2 + 3.0, h / 2 - 2.0])
     people = predictor.predict(image, boxes, focal=focal, principal=principal, camera_pose="backprojected")
@@ -103,7 +105,7 @@ def test_predictor_on_coco_images(fixtures_dir, predictor):
       np.testing.assert_allclose(geometry.camera_to_pixel(p.pose_3d_cam, focal, principal), p.joints_2d,
                                  rtol=1e-9, atol=1e-6)
       assert p.root_depth_source == "distance_prior" and p.camera_pose == "backprojected"
-    crops.append(inference.crop_people(image, np.stack([p.crop_box for p in people]), 64))
+    crops.append(host.crop_people(image, np.stack([p.crop_box for p in people]), 64))
     crop_boxes += [p.crop_box for p in people]
     results += people
   ref_2d, ref_3d = _reference(predictor, np.concatenate(crops), np.stack(crop_boxes))
@@ -113,7 +115,7 @@ def test_predictor_on_coco_images(fixtures_dir, predictor):
 
 def test_camera_space_root_depths(fixtures_dir, predictor):
   path, boxes = _coco(fixtures_dir, 785)
-  image = inference.read_image(path)
+  image = host.read_image(path)
   focal, principal = np.array([600.0, 640.0]), np.array([300.0, 200.0])
   prior, = predictor.predict(image, boxes, focal=focal, principal=principal)
   # The box lies inside the 640x425 image: process_bbox spans x0..x0+w-1, squares and enlarges 1.25x.
@@ -141,14 +143,14 @@ def test_camera_space_root_depths(fixtures_dir, predictor):
 
 def test_people_batch_is_padded_and_masked(fixtures_dir, predictor):
   path, boxes = _coco(fixtures_dir, 40083)
-  image = inference.read_image(path)
+  image = host.read_image(path)
   together = predictor.predict(image, boxes, root_depth=[4000.0, np.nan, 6000.0], focal=500.0)
   assert [p.root_depth_source for p in together] == ["given", "distance_prior", "given"]
   for i, box in enumerate(boxes):  # 3 people run in a batch of 4; each alone in a batch of 1
     alone, = predictor.predict(image, box[None])
     np.testing.assert_allclose(together[i].joints_2d, alone.joints_2d, atol=1e-3)
     np.testing.assert_allclose(together[i].pose_3d, alone.pose_3d, atol=1e-2)
-  assert inference.bucket_size(3, 32) == 4 and inference.bucket_size(9, 8) == 8 and inference.bucket_size(1, 4) == 1
+  assert host.bucket_size(3, 32) == 4 and host.bucket_size(9, 8) == 8 and host.bucket_size(1, 4) == 1
 
 
 def test_bad_input_errors(predictor, tmp_path):
@@ -174,7 +176,7 @@ def test_bad_input_errors(predictor, tmp_path):
   with pytest.raises(ValueError, match="broken.jpg"):
     predictor.predict(bad, [[10, 10, 30, 40]])
   with pytest.raises(FileNotFoundError, match="missing.jpg"):
-    inference.read_image(tmp_path / "missing.jpg")
+    host.read_image(tmp_path / "missing.jpg")
 
 
 def test_checkpoint_restore_and_mismatch(config, predictor, tmp_path):
@@ -188,7 +190,7 @@ def test_checkpoint_restore_and_mismatch(config, predictor, tmp_path):
   other = tiny_config("model.lifter_width=16")
   with pytest.raises(ValueError, match=r"parameter 'params/lifter/.*' has shape .*32.* expects .*16"):
     inference.Predictor.from_checkpoint(other, tmp_path)
-  muco = tiny_config('skeleton="muco"')
+  muco = tiny_config("skeleton=muco")
   with pytest.raises(ValueError, match="has shape"):
     inference.check_variables(muco, predictor.variables)
   partial = {"params": dict(predictor.variables["params"]), "batch_stats": predictor.variables["batch_stats"]}

@@ -8,12 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascaded_lift import losses as ls
+from cascaded_lift.training import losses as ls
 from cascaded_lift import skeleton as sk
-from cascaded_lift import targets as tg
+from cascaded_lift.training import targets as tg
 
 B, H, W, D, J, NB = 4, 8, 8, 6, 18, 16
 WEIGHTS = {"bone": 1.0, "joint": 2.0, "volume_3d": 0.5, "depth": 0.1, "coord": 0.01}
+
+
+def targets_config(**overrides):
+  """make_stage1_targets' config: every key of tg.CONFIG_KEYS (configs/default.py's values), overridden."""
+  cfg = {"sigma": 2.0, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0, "depth_bins": D, "ordinal_threshold": 0.1,
+         "heatmap_size": (H, W), "volume_method": "scatter", **overrides}
+  assert set(tg.CONFIG_KEYS) <= set(cfg)
+  return cfg
 
 
 def make_case(seed):
@@ -24,8 +32,7 @@ def make_case(seed):
   batch = {"joints_vox": coords, "joints_vis": (rng.uniform(size=(B, J)) > 0.3).astype(np.float32),
            "has_depth": np.array([1, 0, 1, 1], np.float32), "valid": np.array([1, 1, 1, 0], np.float32),
            "pose_3d": rng.normal(0, 300, (B, J, 3)).astype(np.float32)}
-  targets = jax.tree.map(np.array, tg.make_stage1_targets(batch, sk.H36M, {"heatmap_size": (H, W), "depth_bins": D,
-                                                                             "bone_sigma": 2.0}))
+  targets = jax.tree.map(np.array, tg.make_stage1_targets(batch, sk.H36M, targets_config(bone_sigma=2.0)))
   outputs = {"bone_heatmaps": rng.uniform(0, 1, (B, H, W, NB)).astype(np.float32),
              "joint_heatmaps": rng.uniform(0, 1, (B, H, W, J)).astype(np.float32),
              "depth_volume": rng.uniform(0, 1, (B, H, W, D)).astype(np.float32),
@@ -258,7 +265,7 @@ def test_full_size_targets_and_loss_compile():
   bf = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   outputs = {"bone_heatmaps": bf(b, s, s, NB), "joint_heatmaps": bf(b, s, s, J), "depth_volume": bf(b, s, s, d),
              "ordinal_logits": bf(b, s, s, d), "coords": f32(b, J, 3), "pose_3d": f32(b, J, 3)}
-  cfg = {"heatmap_size": s, "depth_bins": d, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0}
+  cfg = targets_config(heatmap_size=s, depth_bins=d)
 
   def step(outputs, batch, progress):
     def loss(o):

@@ -1,5 +1,6 @@
 """Tests for cascaded_lift.models: parameter counts, shapes/dtypes, gradients, the transposed-conv
-formulations, initialisation, and parity with an independent PyTorch statement of the spec."""
+formulations of cpu.layers.CpuDeconv, initialisation, and parity with an independent PyTorch statement of
+the spec, with the standard layers (STANDARD_OPS) and with the CPU forms (cpu.layers.cpu_ops())."""
 
 import functools
 
@@ -10,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascaded_lift import convert
-from cascaded_lift.models import CascadedLiftNet, ContextBranch, Deconv, DilatedBlock, Lifter, ResNet
-from cascaded_lift.models import deconv as deconv_lib
+from cascaded_lift.cpu import layers as cpu_layers
+from cascaded_lift.cpu.layers import CpuDeconv
+from cascaded_lift.models import STANDARD_OPS, CascadedLiftNet, ContextBranch, DilatedBlock, LayerOps, Lifter, ResNet
+from cascaded_lift.weights import convert
 
 # A tiny variant: ResNet-50 bottlenecks with one block per stage at width 8, narrow heads, D = 8.
 TINY = dict(num_joints=18, num_bones=16, depth_bins=8, resnet_depth=50, resnet_width=8,
@@ -20,6 +22,9 @@ TINY = dict(num_joints=18, num_bones=16, depth_bins=8, resnet_depth=50, resnet_w
 TINY_S, TINY_B = 64, 2
 OUTPUT_KEYS = ("bone_heatmaps", "joint_heatmaps", "depth_volume", "ordinal_logits", "joint_volumes", "coords",
                "lifter_input", "pose_3d")
+# The layer implementations a model can be built from: what GPUs and TPUs get, and what CPUs get
+# (cascaded_lift.platform's choice for config.platform_ops "auto" on each).
+OPS = {"standard": STANDARD_OPS, "cpu": cpu_layers.cpu_ops(conv="auto", kernel_grad="auto", deconv="auto")}
 
 
 def _count(tree) -> int:
@@ -58,8 +63,8 @@ def _inputs(seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_apply(dtype=jnp.float32):
-  model = CascadedLiftNet(**TINY, dtype=dtype)
+def _eval_apply(dtype=jnp.float32, ops="standard"):
+  model = CascadedLiftNet(**TINY, dtype=dtype, ops=OPS[ops])
   return jax.jit(functools.partial(model.apply, train=False))
 
 
@@ -101,8 +106,9 @@ def test_resnet_trunk_counts_match_torchvision(depth, count):
     (dict(TINY, num_deconvs=2), 64, 2),
     (dict(TINY, resnet_output_stride=16, num_deconvs=1), 96, 2),  # C5 6 x 6 -> 12 x 12 heatmaps
 ])
-def test_output_shapes_and_dtypes(kwargs, size, batch):
-  model = CascadedLiftNet(**kwargs)
+@pytest.mark.parametrize("ops", list(OPS))
+def test_output_shapes_and_dtypes(kwargs, size, batch, ops):
+  model = CascadedLiftNet(**kwargs, ops=OPS[ops])
   j, nb, d = model.num_joints, model.num_bones, model.depth_bins
   h = size // model.resnet_output_stride * 2 ** model.num_deconvs
   assert model.output_size(size) == h
@@ -119,11 +125,17 @@ def test_output_shapes_and_dtypes(kwargs, size, batch):
   assert {x.dtype for x in jax.tree_util.tree_leaves(variables["params"])} == {jnp.dtype(model.param_dtype)}
 
 
-def test_deconv_formulation_does_not_change_parameters():
-  trees = [jax.tree_util.tree_map(lambda s: (s.shape, s.dtype),
-                                  _template(CascadedLiftNet(**TINY, deconv_formulation=f), 64))
-           for f in deconv_lib.FORMULATIONS]
-  assert trees[0] == trees[1] == trees[2]
+def test_layer_ops_do_not_change_parameters():
+  """The standard layers and the CPU forms, in every deconvolution formulation and conv setting, hold the
+  same variables under the same names (checkpoints do not depend on the choice)."""
+  all_ops = [STANDARD_OPS] + [cpu_layers.cpu_ops(conv="auto", kernel_grad="auto", deconv=f)
+                              for f in cpu_layers.DECONV_FORMULATIONS]
+  all_ops += [cpu_layers.cpu_ops(conv="xla", kernel_grad=g, deconv="auto") for g in ("taps", "xla")]
+  trees = [jax.tree_util.tree_map(lambda s: (s.shape, s.dtype), _template(CascadedLiftNet(**TINY, ops=ops), 64))
+           for ops in all_ops]
+  assert len(trees) == 8
+  for tree in trees[1:]:
+    assert tree == trees[0]
   assert trees[0]["params"]["context"]["deconv0"]["kernel"][0] == (4, 4, 8 * 8 * 4, 32)
 
 
@@ -135,17 +147,22 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="boxes must be"):
     jax.eval_shape(functools.partial(model.apply, train=False), variables, jnp.zeros((2, 64, 64, 3)),
                    jnp.zeros((2, 5)))
+  with pytest.raises(ValueError, match=r"config\.cpu\.deconv must be one of"):
+    cpu_layers.cpu_ops(deconv="nope")
+  bad = LayerOps(conv=cpu_layers.CpuConv, deconv=functools.partial(CpuDeconv, formulation="nope"),
+                 max_pool=cpu_layers.max_pool, name="bad")
   with pytest.raises(ValueError, match="unknown formulation"):
-    _template(CascadedLiftNet(**TINY, deconv_formulation="nope"), 64)
+    _template(CascadedLiftNet(**TINY, ops=bad), 64)
 
 
 # ----------------------------------------------------------------------------- running the tiny model
 
-def test_bfloat16_compute_with_float32_params_tracks_float32():
+@pytest.mark.parametrize("ops", list(OPS))
+def test_bfloat16_compute_with_float32_params_tracks_float32(ops):
   variables = _random_variables(_template(CascadedLiftNet(**TINY), TINY_S))
   images, boxes = _inputs()
-  ref = _eval_apply(jnp.float32)(variables, images, boxes)
-  out = _eval_apply(jnp.bfloat16)(variables, images, boxes)
+  ref = _eval_apply(jnp.float32, ops)(variables, images, boxes)
+  out = _eval_apply(jnp.bfloat16, ops)(variables, images, boxes)
   chex.assert_tree_all_finite(out)
   for k in OUTPUT_KEYS[:5]:
     assert out[k].dtype == jnp.bfloat16, k
@@ -155,8 +172,9 @@ def test_bfloat16_compute_with_float32_params_tracks_float32():
   np.testing.assert_allclose(np.asarray(out["coords"]), np.asarray(ref["coords"]), atol=0.5)
 
 
-def test_gradients_reach_every_parameter_and_lifter_is_cut_off():
-  model = CascadedLiftNet(**TINY)
+@pytest.mark.parametrize("ops", list(OPS))
+def test_gradients_reach_every_parameter_and_lifter_is_cut_off(ops):
+  model = CascadedLiftNet(**TINY, ops=OPS[ops])
   variables = _random_variables(_template(model, TINY_S), seed=1)
   images, boxes = _inputs(1)
   rng = np.random.default_rng(2)
@@ -249,12 +267,14 @@ def _deconv_case(seed=0, cin=3, cout=5, h=4, w=6):
   return x, k
 
 
-@pytest.mark.parametrize("formulation", deconv_lib.FORMULATIONS)
-def test_deconv_formulations_match_flax_conv_transpose(formulation):
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+@pytest.mark.parametrize("formulation", cpu_layers.DECONV_FORMULATIONS)
+def test_deconv_formulations_match_flax_conv_transpose(formulation, kernels):
   x, k = _deconv_case()
   ref_layer = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False)
   ref = lambda x, k: ref_layer.apply({"params": {"kernel": k}}, x)  # noqa: E731
-  ours = lambda x, k: Deconv(5, formulation=formulation).apply({"params": {"kernel": k}}, x)  # noqa: E731
+  layer = CpuDeconv(5, formulation=formulation, kernels=kernels)
+  ours = lambda x, k: layer.apply({"params": {"kernel": k}}, x)  # noqa: E731
   np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(ours(x, k), jax.lax.conv_transpose(x, k, (2, 2), ((2, 2), (2, 2)),
                                                                dimension_numbers=("NHWC", "HWIO", "NHWC")),
@@ -264,11 +284,14 @@ def test_deconv_formulations_match_flax_conv_transpose(formulation):
   g_ref = jax.grad(lambda x, k: jnp.sum(ref(x, k) * cot), argnums=(0, 1))(x, k)
   for a, b in zip(g_ours, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  params = Deconv(7, formulation=formulation).init(jax.random.key(0), x)["params"]
+  params = CpuDeconv(7, formulation=formulation, kernels=kernels).init(jax.random.key(0), x)["params"]
   assert params["kernel"].shape == (4, 4, 3, 7)
+  assert jax.tree_util.tree_map(jnp.shape, params) == jax.tree_util.tree_map(
+      jnp.shape, nn.ConvTranspose(7, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False).init(
+          jax.random.key(0), x)["params"])
 
 
-@pytest.mark.parametrize("formulation", deconv_lib.FORMULATIONS)
+@pytest.mark.parametrize("formulation", cpu_layers.DECONV_FORMULATIONS)
 def test_deconv_matches_torch_conv_transpose2d(formulation):
   torch = pytest.importorskip("torch")
   rng = np.random.default_rng(2)
@@ -282,7 +305,7 @@ def test_deconv_matches_torch_conv_transpose2d(formulation):
   # (in, out, kh, kw) -> (kh, kw, in, out), spatially flipped: the gather form of PyTorch's scatter.
   k = jnp.asarray(layer.weight.detach().numpy()[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))
   x = jnp.asarray(xt.detach().numpy().transpose(0, 2, 3, 1))
-  f = lambda x, k: Deconv(6, formulation=formulation).apply({"params": {"kernel": k}}, x)  # noqa: E731
+  f = lambda x, k: CpuDeconv(6, formulation=formulation).apply({"params": {"kernel": k}}, x)  # noqa: E731
   np.testing.assert_allclose(f(x, k), yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
   gx, gk = jax.grad(lambda x, k: jnp.sum(f(x, k) * cot.transpose(0, 2, 3, 1)), argnums=(0, 1))(x, k)
   np.testing.assert_allclose(gx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
@@ -292,15 +315,16 @@ def test_deconv_matches_torch_conv_transpose2d(formulation):
 
 def test_deconv_bfloat16_compute():
   x, k = _deconv_case(cin=8, cout=8)
-  y = Deconv(8, dtype=jnp.bfloat16).apply({"params": {"kernel": k}}, x)
+  y = CpuDeconv(8, dtype=jnp.bfloat16).apply({"params": {"kernel": k}}, x)
   assert y.dtype == jnp.bfloat16
-  ref = deconv_lib.conv_transpose(x, k)
+  ref = cpu_layers.conv_transpose(x, k)
   assert np.linalg.norm(np.asarray(y, np.float32) - ref) / np.linalg.norm(ref) < 2e-2
 
 
 # ----------------------------------------------------------------------------- parity with PyTorch
 
-def test_parity_with_pytorch_spec_model():
+@pytest.mark.parametrize("ops", list(OPS))
+def test_parity_with_pytorch_spec_model(ops):
   torch = pytest.importorskip("torch")
   from torch_spec_model import SpecNet, randomize_  # pylint: disable=g-import-not-at-top
   net = SpecNet(**TINY, num_deconvs=3, context_bottlenecks=2, joint_bottlenecks=2, depth_bottlenecks=1,
@@ -313,8 +337,8 @@ def test_parity_with_pytorch_spec_model():
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   variables, report = convert.import_torch_state_dict(state, _template(CascadedLiftNet(**TINY), TINY_S))
   assert report["kept"] == [] and "ordinal_head" in report["loaded"]
-  out = _eval_apply(jnp.float32)({"params": variables["params"], "batch_stats": variables["batch_stats"]},
-                                 images, boxes)
+  out = _eval_apply(jnp.float32, ops)({"params": variables["params"], "batch_stats": variables["batch_stats"]},
+                                      images, boxes)
   for k in OUTPUT_KEYS:
     want = ref[k].numpy()
     if want.ndim == 4 and k != "joint_volumes":
@@ -328,8 +352,9 @@ def test_parity_with_pytorch_spec_model():
 
 
 def test_crop_and_heatmap_sizes_are_checked_against_the_model():
-  from configs import tiny  # pylint: disable=g-import-not-at-top
-  from cascaded_lift.training.builders import build_model, check_heatmap_size  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.configs import tiny  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.models.build import check_heatmap_size  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.platform import build_model  # pylint: disable=g-import-not-at-top
   cfg = tiny.get_config()
   model = build_model(cfg)
   check_heatmap_size(cfg, model)

@@ -7,17 +7,18 @@ import pathlib
 import numpy as np
 import pytest
 
-from cascaded_lift import inference, mupots
+from cascaded_lift.evaluation import mupots
+from cascaded_lift.inference import predictor as inference
 from cascaded_lift.datasets import build as build_lib
 from cascaded_lift.datasets.mupots_3d import mupots_3d_dataset_builder as mupots_builder
-from cascaded_lift.predict_cli import load_config
+from cascaded_lift.inference.cli import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DUMMY = pathlib.Path(mupots_builder.__file__).resolve().parent / "dummy_data"
-TINY = ['skeleton="muco"', "model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16",
+TINY = [f"--config.{s}" for s in ["skeleton=muco", "model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16",
         "model.bone_width=8", "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",
         "model.context_bottlenecks=1", "model.joint_bottlenecks=1", "model.depth_bottlenecks=1",
-        "model.volumetric_bottlenecks=1", "data.image_size=64", "data.depth_bins=8"]
+        "model.volumetric_bottlenecks=1", "data.image_size=64", "data.depth_bins=8"]]
 ROOT = 14  # Pelvis in MuCo order
 
 
@@ -85,7 +86,7 @@ def test_workdir_entry_point(config, data_dir, tmp_path):
   cfg = config.copy_and_resolve_references()
   cfg.data.eval = data_config.source_config("mupots_3d", "test", data_dir=str(data_dir))
   cfg.data.eval.use_det_bbox = True
-  results = mupots.evaluate_mupots_workdir(cfg, tmp_path, flip_test=False, max_batch=1)
+  results = mupots.evaluate_workdir(cfg, tmp_path, flip_test=False, max_batch=1)
   assert results["settings"]["boxes"] == "detections" and results["settings"]["root_depth_used"] == {"detection": 3}
   assert json.loads((tmp_path / "eval" / "mupots_metrics.json").read_text())["counts"] == results["counts"]
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cascaded_lift import metrics
-from cascaded_lift import mupots_eval as me
+from cascaded_lift.evaluation import mupots_score as me
 from cascaded_lift.skeleton import MUCO
 
 # A hand-made root-relative MuCo pose (first 17 joints), mm, camera axes (y down).
@@ -166,4 +166,3 @@ def test_bad_frames_raise():
   ev.add_frame(4, np.zeros((0, 17, 3)), np.zeros((0, 17, 2)), cam, uv)
   assert ev.results()["all_annotated"]["sequences"]["TS4"]["pck"] == 0.0
   assert ev.results()["only_matched"]["mean"] is None
-  assert metrics.MuPoTSEvaluator is me.MuPoTSEvaluator

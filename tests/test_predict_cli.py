@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cascaded_lift import predict_cli
+from cascaded_lift.inference import cli as predict_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
@@ -19,7 +19,7 @@ MODEL_ARGS = ["--config", str(REPO / "configs" / "default.py"), "--random-init",
 
 
 def _sets():
-  return [a for s in TINY for a in ("--set", s)]
+  return [f"--config.{s}" for s in TINY]
 
 
 def _coco(fixtures_dir):
@@ -100,7 +100,7 @@ def test_errors(fixtures_dir, tmp_path, capsys):
   assert "single image" in capsys.readouterr().err
   assert predict_cli.main([str(images / "000000000785.jpg"), "--box", "1,1,5"] + base) == 2
   assert "4 comma-separated" in capsys.readouterr().err
-  assert predict_cli.main([str(images / "000000000785.jpg"), "--box", "1,1,5,5", "--set", "data.nope=1"]
+  assert predict_cli.main([str(images / "000000000785.jpg"), "--box", "1,1,5,5", "--config.data.nope=1"]
                           + base) == 2
   assert "data.nope" in capsys.readouterr().err
   assert predict_cli.main([str(tmp_path / "nothing.jpg"), "--boxes", str(annotations)] + base) == 2
@@ -109,6 +109,6 @@ def test_errors(fixtures_dir, tmp_path, capsys):
 
 def test_load_config_file_with_argument_and_overrides():
   config = predict_cli.load_config(str(REPO / "configs" / "h36m.py") + ":protocol=2",
-                                   ["data.image_size=128", 'skeleton="muco"', "eval.flip_test=False"])
+                                   ["--config.data.image_size=128", "--config.skeleton=muco", "--config.eval.flip_test=False"])
   assert config.protocol == 2 and config.data.eval.config == "protocol2"
   assert config.data.image_size == 128 and config.skeleton == "muco" and config.eval.flip_test is False

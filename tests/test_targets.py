@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 
 from cascaded_lift import skeleton as sk
-from cascaded_lift import targets as tg
+from cascaded_lift.training import targets as tg
 
 H, W, D = 16, 20, 12  # small and non-square, so a swapped axis cannot pass
+
+
+def targets_config(**overrides):
+  """make_stage1_targets' config: every key of tg.CONFIG_KEYS (configs/default.py's values), overridden."""
+  cfg = {"sigma": 2.0, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0, "depth_bins": D, "ordinal_threshold": 0.1,
+         "heatmap_size": (H, W), "volume_method": "scatter", **overrides}
+  assert set(tg.CONFIG_KEYS) <= set(cfg)
+  return cfg
 
 
 # ---------------------------------------------------------------- NumPy references (loops on purpose)
@@ -271,10 +279,9 @@ def test_vmap_and_dtype():
 
 def test_make_stage1_targets_assembles_the_parts():
   coords, vis, has_depth = random_joints(5)
-  batch = {"joints_vox": coords, "joints_vis": vis, "has_depth": has_depth,
-           "image": np.zeros((4, 4 * H, 4 * W, 3), np.uint8)}
+  batch = {"joints_vox": coords, "joints_vis": vis, "has_depth": has_depth}
   cfg = ml_collections.ConfigDict({"sigma": 1.5, "depth_bins": D, "bone_sigma_start": 5.0, "bone_sigma_end": 2.0,
-                                   "ordinal_threshold": 0.3})
+                                   "ordinal_threshold": 0.3, "heatmap_size": (H, W), "volume_method": "scatter"})
   out = jax.jit(lambda b, p: tg.make_stage1_targets(b, sk.H36M, cfg, progress=p))(batch, 0.5)
   assert float(out["bone_sigma"]) == pytest.approx(3.5)
   np.testing.assert_allclose(out["joint_heatmaps"], ref_joint_heatmaps(coords, vis, 1.5), atol=1e-6)
@@ -288,20 +295,28 @@ def test_make_stage1_targets_assembles_the_parts():
   np.testing.assert_array_equal(out["joint_mask"], vis)
   np.testing.assert_array_equal(out["coord_mask"], tg.coord_mask(coords, vis, has_depth, (H, W), D))
   # A fixed (possibly traced) bone_sigma in the config wins over the schedule.
-  fixed = tg.make_stage1_targets(batch, sk.H36M, {"bone_sigma": jnp.float32(2.5), "heatmap_size": (H, W),
-                                                  "depth_bins": D})
+  fixed = tg.make_stage1_targets(batch, sk.H36M, targets_config(bone_sigma=jnp.float32(2.5)), progress=0.5)
   assert float(fixed["bone_sigma"]) == 2.5 and fixed["depth_volume"].shape == (4, H, W, D)
 
 
 def test_make_stage1_targets_names_bad_fields():
   coords, vis, has_depth = random_joints(6)
+  batch = {"joints_vox": coords, "joints_vis": vis, "has_depth": has_depth}
   with pytest.raises(ValueError, match="joints_vox"):
     tg.make_stage1_targets({"joints_vox": coords[:, :16], "joints_vis": vis[:, :16], "has_depth": has_depth},
-                           sk.H36M, {"heatmap_size": 16})
+                           sk.H36M, targets_config())
   with pytest.raises(KeyError, match="has_depth"):
-    tg.make_stage1_targets({"joints_vox": coords, "joints_vis": vis}, sk.H36M, {"heatmap_size": 16})
-  with pytest.raises(ValueError, match="heatmap_size"):
-    tg.make_stage1_targets({"joints_vox": coords, "joints_vis": vis, "has_depth": has_depth}, sk.H36M, {})
+    tg.make_stage1_targets({"joints_vox": coords, "joints_vis": vis}, sk.H36M, targets_config())
+  # Every config key is required: the code has no defaults (they live in the configs).
+  for key in tg.CONFIG_KEYS:
+    cfg = targets_config()
+    del cfg[key]
+    with pytest.raises(KeyError, match=f"config has no '{key}'"):
+      tg.make_stage1_targets(batch, sk.H36M, cfg, progress=0.5)
+  with pytest.raises(KeyError, match="heatmap_size"):
+    tg.make_stage1_targets(batch, sk.H36M, {})
+  with pytest.raises(ValueError, match="size must be"):
+    tg.make_stage1_targets(batch, sk.H36M, targets_config(heatmap_size=(0, 4)))
   with pytest.raises(ValueError, match="visibility"):
     tg.joint_heatmaps(coords, vis[:, :3], (H, W))
 
@@ -312,7 +327,7 @@ def test_full_size_shapes_and_compile():
   spec = {"joints_vox": jax.ShapeDtypeStruct((b, j, 3), jnp.float32),
           "joints_vis": jax.ShapeDtypeStruct((b, j), jnp.float32),
           "has_depth": jax.ShapeDtypeStruct((b,), jnp.float32)}
-  cfg = {"heatmap_size": s, "depth_bins": d, "bone_sigma_start": 4.0, "bone_sigma_end": 2.0}
+  cfg = targets_config(heatmap_size=s, depth_bins=d)
   c, v, h = spec["joints_vox"], spec["joints_vis"], spec["has_depth"]
   shapes = {
       "joint": jax.eval_shape(lambda c, v: tg.joint_heatmaps(c, v, (s, s), dtype=jnp.bfloat16), c, v),

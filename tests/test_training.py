@@ -53,7 +53,7 @@ def _metrics(workdir) -> list[dict]:
 
 
 def _final_params(workdir, step=None) -> dict:
-  from cascaded_lift.evaluation import restore_variables  # pylint: disable=g-import-not-at-top
+  from cascaded_lift.training.checkpoints import restore_variables  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   variables = restore_variables(workdir, step)
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(variables)}
@@ -73,7 +73,7 @@ def _train_on_one_and_eight_devices(tmp_path, overrides, cpu_conv: str) -> dict[
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / f"dev{devices}"
-    proc = _run(_train_cmd(workdir, *overrides), _env(devices, CASCADED_LIFT_CPU_CONV=cpu_conv))
+    proc = _run(_train_cmd(workdir, *overrides, f"--config.cpu.conv={cpu_conv}"), _env(devices))
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs[devices] = workdir
   return runs

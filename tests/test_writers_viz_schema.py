@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from cascaded_lift import skeleton as sk
-from cascaded_lift import viz
+from cascaded_lift.inference import plots as viz
 from cascaded_lift.data import schema
 from cascaded_lift.training import writers
 

@@ -1,8 +1,8 @@
 """A PyTorch statement of the network's layer spec, for parity tests only (torch.nn alone, NCHW).
 
-Written from DESIGN.md section 3 with the module names of the authors' released model
+Written from docs/design.md section 3 with the module names of the authors' released model
 (github.com/fnzhan/Pose-Estimation, main/model.py), so that its state_dict goes through
-cascaded_lift.convert exactly as a released checkpoint would. It mirrors the released model's structure
+cascaded_lift.weights.convert exactly as a released checkpoint would. It mirrors the released model's structure
 (including the unused limb.final_layer1 / limb.bn1) plus our ordinal head (`posenet.ordinal`), and it is
 parametrised like CascadedLiftNet so tests can build tiny variants. Nothing here imports cascaded_lift.
 """

@@ -1,4 +1,4 @@
-"""Training augmentation (DESIGN.md section 6): parameters, photometric changes, synthetic occlusion.
+"""Training augmentation (docs/design.md section 6): parameters, photometric changes, synthetic occlusion.
 
 Geometric augmentation (scale, in-plane rotation, horizontal flip) is not applied here: its
 parameters go into geometry.crop_transform so that the crop needs exactly one cv2.warpAffine, and

@@ -20,7 +20,7 @@ Fields (defaults in :func:`default_data_config`):
                  [-rotation, rotation]), rotation_prob (probability of rotating at all), flip_prob,
                  color (per-channel factor in [1 - color, 1 + color]), occlusion_prob, occlusion_area
                  (max fraction of the box a noise rectangle covers), occlusion_min_aspect.
-                 DESIGN.md section 6.
+                 docs/design.md section 6.
   jpeg_reduce    decode JPEGs at 1/2, 1/4 or 1/8 resolution (libjpeg DCT scaling) when the crop
                  shrinks the image at least that much: several times faster on 1000x1000 frames
                  and anti-aliased; the crop geometry is exact either way.

@@ -2,7 +2,7 @@
 
   it = create_train_iterator(config.data, batch_size=32, shard_index=jax.process_index(),
                              shard_count=jax.process_count())
-  batch = next(it)                    # dict of NumPy arrays, notes/interfaces.md's batch format
+  batch = next(it)                    # dict of NumPy arrays, docs/design.md section 4's batch format
   state = it.get_state(); ...; it.set_state(state)  # resume mid-epoch on the same samples
 
 Training: each process reads its own shard of the records (record i goes to process i % count),
@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import augment
@@ -60,7 +61,6 @@ def _seed(*parts: int) -> int:
 
 def _mark_flags_parsed(*_: Any) -> None:
   """grain reads absl flags; outside an absl app (pytest, notebooks, spawned workers) mark them parsed."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 

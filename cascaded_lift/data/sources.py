@@ -16,6 +16,9 @@ import logging
 import pathlib
 from typing import Any, Mapping
 
+import tensorflow_datasets as tfds
+from etils import epath
+
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import schema
 
@@ -66,8 +69,6 @@ class PoseSource:
 
 def _built_dir(name: str, config: str | None, data_dir: str | None) -> str | None:
   """The newest prepared version folder data_dir/name/config/<version>, if there is one."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   root = epath.Path(data_dir or tfds.core.constants.DATA_DIR) / name
   if config:
     root = root / config
@@ -83,7 +84,6 @@ def _built_dir(name: str, config: str | None, data_dir: str | None) -> str | Non
 def _builder(name: str, config: str | None, data_dir: str | None):
   """The dataset's builder; for a config the builder does not list (e.g. a custom SyntheticConfig
   built from Python), the prepared files in data_dir, read without the builder class."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   datasets = importlib.import_module("cascaded_lift.datasets")  # plug-in lookup, not a layer import
   try:
     return datasets.get_builder(name, config=config, data_dir=data_dir)
@@ -97,7 +97,6 @@ def _builder(name: str, config: str | None, data_dir: str | None):
 def _build_once(name: str, config: str | None, data_dir: str | None, label: str) -> None:
   """Prepares the dataset while holding a lock file beside its folder, so that several processes
   starting at once (data-parallel hosts, test workers) build it once; the others wait, then reuse it."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _builder(name, config, data_dir)
   target = pathlib.Path(builder.data_dir)
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +122,6 @@ def load_source(spec: Any, build_if_missing: bool = True) -> PoseSource:
     FileNotFoundError: the dataset is not built and needs a manual download (the message says how
       to build it); KeyError: unknown dataset name or split.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
   name, split = get_field(spec, "name"), get_field(spec, "split")
   config, data_dir = get_field(spec, "config"), get_field(spec, "data_dir")
   if not name or not split:

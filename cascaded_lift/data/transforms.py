@@ -1,7 +1,7 @@
 """Per-example preprocessing: decode, box, one-warp crop, joint mapping, voxel targets.
 
 An input record follows the shared schema (cascaded_lift/data/schema.py) with the image as JPEG
-bytes; the output is one example of the batch dict of notes/interfaces.md:
+bytes; the output is one example of the batch dict of docs/design.md section 4:
 
   image (S, S, 3) uint8 RGB crop, bbox (4,) [x0, y0, w, h] px (the processed box times the
   augmentation scale), joints_vox (J, 3) (x, y in output px = crop px * output_size / S, z =
@@ -114,6 +114,28 @@ def _array(record: dict[str, Any], key: str, shape: tuple[int, ...], what: str) 
   return arr
 
 
+def crop_image(image: np.ndarray, crop_box: Any, size: int, params: augment.AugmentParams = augment.IDENTITY,
+               reduce: int = 1) -> np.ndarray:
+  """The (size, size, C) crop of a processed box: one bilinear cv2.warpAffine with a black border.
+
+  The one crop of the library: the pipeline's (prepare) and the Predictor's.
+
+  Args:
+    image: (H, W, C) uint8, at 1/`reduce` of the full resolution (a reduced JPEG decode).
+    crop_box: [x0, y0, w, h] in full-resolution px, already processed (geometry.process_bbox).
+    size: the crop side S in px.
+    params: augmentation (scale, rotation, flip) folded into the same warp.
+    reduce: 1, 2, 4 or 8.
+  """
+  mat = geometry.crop_transform(np.asarray(crop_box, np.float64), (size, size), scale=params.scale,
+                                rot=params.rot, flip=params.flip)
+  if reduce > 1:
+    # Reduced pixel x' averages full-resolution pixels r x' .. r x' + r - 1: centre r x' + (r - 1) / 2.
+    off = (reduce - 1) / 2.0
+    mat = mat @ np.array([[reduce, 0.0, off], [0.0, reduce, off], [0.0, 0.0, 1.0]])
+  return cv2.warpAffine(image, mat, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+
+
 def prepare(record: dict[str, Any], src: skeleton_lib.Skeleton, dst: skeleton_lib.Skeleton,
             crop: CropConfig, params: augment.AugmentParams = augment.IDENTITY,
             rng: np.random.Generator | None = None, eval_fields: bool = False,
@@ -160,16 +182,11 @@ def prepare(record: dict[str, Any], src: skeleton_lib.Skeleton, dst: skeleton_li
     raise ValueError(f"{what}: {e}") from None
 
   s = crop.image_size
-  mat = geometry.crop_transform(box, (s, s), scale=params.scale, rot=params.rot, flip=params.flip)
+  reduce = 1
   if image is None:
     reduce = _reduce_factor(box[2] * params.scale, s, crop.jpeg_reduce)
     image = decode_image(record["image"], what, reduce)
-    if reduce > 1:
-      # Reduced pixel x' averages full-resolution pixels r x' .. r x' + r - 1: centre r x' + (r - 1) / 2.
-      off = (reduce - 1) / 2.0
-      mat = mat @ np.array([[reduce, 0.0, off], [0.0, reduce, off], [0.0, 0.0, 1.0]])
-  out = cv2.warpAffine(image, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-  out = cv2.cvtColor(out, cv2.COLOR_BGR2RGB)
+  out = cv2.cvtColor(crop_image(image, box, s, params, reduce), cv2.COLOR_BGR2RGB)
   out = augment.apply_color(out, params.color)
   if params.occlusion is not None:
     if rng is None:

@@ -1,4 +1,4 @@
-"""CascadedLiftNet: the whole network of DESIGN.md section 3, config-driven.
+"""CascadedLiftNet: the whole network of docs/design.md section 3, config-driven.
 
 Image (B, S, S, 3) on the 0..255 scale -> ResNet C5 (S/32) -> context branch F_ctx and bone branch
 (F_limb, bone heatmaps) at S/4 -> bone-joint block (F_joint, joint heatmaps) and dilated block F_ctx' ->
@@ -31,11 +31,12 @@ from cascaded_lift.models.blocks import conv
 from cascaded_lift.models.heads import (BoneBranch, BoneJointBlock, ContextBranch, DepthCentricBlock,
                                         DilatedBlock, VolumetricHead)
 from cascaded_lift.models.lifter import Lifter
+from cascaded_lift.models.ops import STANDARD_OPS, LayerOps
 from cascaded_lift.models.resnet import ResNet
 
 Dtype = Any
 
-# ImageNet statistics on the 0..255 scale (DESIGN.md section 1).
+# ImageNet statistics on the 0..255 scale (docs/design.md section 1).
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
 
@@ -58,8 +59,7 @@ class CascadedLiftNet(nn.Module):
     aspp_dilations: dilations of the ASPP's 3x3 branches.
     lifter_width, lifter_blocks, lifter_layers_per_block, lifter_dropout: the lifter (with dropout > 0,
       training applies need rngs={'dropout': key}).
-    deconv_formulation: "auto" | "adjoint_conv" | "four_phase" | "depth_to_space" | "conv_transpose"
-      (same parameters; deconv.py).
+    ops: the conv / deconv / max-pool implementations (models/ops.py; chosen by cascaded_lift.platform).
     dtype: compute dtype; param_dtype: parameter dtype; lifter_dtype: the lifter's compute dtype.
   """
 
@@ -83,7 +83,7 @@ class CascadedLiftNet(nn.Module):
   lifter_blocks: int = 5
   lifter_layers_per_block: int = 3
   lifter_dropout: float = 0.0
-  deconv_formulation: str = "auto"
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   lifter_dtype: Dtype = jnp.float32
@@ -118,7 +118,7 @@ class CascadedLiftNet(nn.Module):
     if boxes.shape != (images.shape[0], 4):
       raise ValueError(f"CascadedLiftNet: boxes must be ({images.shape[0]}, 4), got {boxes.shape}")
     lifter_train = train if lifter_train is None else lifter_train
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(ops=self.ops, dtype=self.dtype, param_dtype=self.param_dtype)
 
     # Normalise in float32 so that uint8 input never meets low-precision arithmetic.
     x = (images.astype(jnp.float32) - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
@@ -126,7 +126,7 @@ class CascadedLiftNet(nn.Module):
             name="backbone", **kw)(
         x.astype(self.dtype), train=train)
 
-    up = dict(num_deconvs=self.num_deconvs, formulation=self.deconv_formulation, **kw)
+    up = dict(num_deconvs=self.num_deconvs, **kw)
     context = ContextBranch(self.head_width, name="context", **up)(c5, train=train)
     limb, bone_heatmaps = BoneBranch(self.bone_width, num_bones=self.num_bones, name="bone_branch", **up)(
         c5, train=train)
@@ -136,7 +136,8 @@ class CascadedLiftNet(nn.Module):
                            name="dilated", **kw)(context, train=train)
     depth, depth_volume = DepthCentricBlock(self.head_width, self.depth_bins, self.depth_bottlenecks,
                                             name="depth_centric", **kw)(context, joint, train=train)
-    ordinal_logits = conv(self.depth_bins, 1, use_bias=True, name="ordinal_head", **kw)(depth)
+    ordinal_logits = conv(self.ops, self.depth_bins, 1, use_bias=True, name="ordinal_head",
+                          dtype=self.dtype, param_dtype=self.param_dtype)(depth)
     volumes = VolumetricHead(self.num_joints, self.depth_bins, self.volumetric_bottlenecks,
                              name="volumetric", **kw)(context, depth, train=train)
 

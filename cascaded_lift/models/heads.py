@@ -1,4 +1,4 @@
-"""The heads between C5 and the per-joint volumes (DESIGN.md section 3 items 1-5).
+"""The heads between C5 and the per-joint volumes (docs/design.md section 3 items 1-5).
 
 All NHWC; `width` is the 256-channel feature width of the released model, `bone_width` its 128.
 Convs and deconvs are initialised N(0, 0.001) with zero biases, BN with scale 1 / bias 0. Every module
@@ -12,8 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cascaded_lift.models.blocks import ASPP, Bottleneck, batch_norm, conv
-from cascaded_lift.models.deconv import Deconv
+from cascaded_lift.models.blocks import HEAD_INIT, ASPP, Bottleneck, batch_norm, conv
+from cascaded_lift.models.ops import STANDARD_OPS, LayerOps
 
 Dtype = Any
 
@@ -23,14 +23,15 @@ class _Upsampler(nn.Module):
 
   width: int
   num_deconvs: int = 3
-  formulation: str = "auto"
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def _upsample(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     for i in range(self.num_deconvs):
-      x = Deconv(self.width, formulation=self.formulation, name=f"deconv{i}", **kw)(x)
+      x = self.ops.deconv(self.width, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False,
+                         kernel_init=HEAD_INIT, name=f"deconv{i}", **kw)(x)
       x = nn.relu(batch_norm(train, name=f"bn{i}", **kw)(x))
     return x
 
@@ -42,7 +43,7 @@ class ContextBranch(_Upsampler):
   def __call__(self, c5: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = self._upsample(c5, train)
-    x = conv(self.width, 3, name="final_conv", **kw)(x)
+    x = conv(self.ops, self.width, 3, name="final_conv", **kw)(x)
     return nn.relu(batch_norm(train, name="final_bn", **kw)(x))
 
 
@@ -58,7 +59,7 @@ class BoneBranch(_Upsampler):
   @nn.compact
   def __call__(self, c5: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
     features = self._upsample(c5, train)
-    heatmaps = conv(self.num_bones, 3, use_bias=True, name="heatmap_conv", dtype=self.dtype,
+    heatmaps = conv(self.ops, self.num_bones, 3, use_bias=True, name="heatmap_conv", dtype=self.dtype,
                     param_dtype=self.param_dtype)(features)
     return features, heatmaps
 
@@ -70,6 +71,7 @@ class BoneJointBlock(nn.Module):
   width: int = 256
   num_joints: int = 18
   num_bottlenecks: int = 2
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -77,12 +79,12 @@ class BoneJointBlock(nn.Module):
   def __call__(self, context: jnp.ndarray, limb: jnp.ndarray, *, train: bool
                ) -> tuple[jnp.ndarray, jnp.ndarray]:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = conv(self.width, 1, name="reduce_conv", **kw)(jnp.concatenate([context, limb], axis=-1))
+    x = conv(self.ops, self.width, 1, name="reduce_conv", **kw)(jnp.concatenate([context, limb], axis=-1))
     x = nn.relu(batch_norm(train, name="reduce_bn", **kw)(x))
     for i in range(self.num_bottlenecks):
-      x = Bottleneck(self.width // 4, name=f"bottleneck{i}", **kw)(x, train=train)
-    heatmaps = conv(self.num_joints, 3, name="joint_conv", **kw)(x)
-    features = Bottleneck(self.width // 4, name="feature_bottleneck", **kw)(x, train=train)
+      x = Bottleneck(self.width // 4, ops=self.ops, name=f"bottleneck{i}", **kw)(x, train=train)
+    heatmaps = conv(self.ops, self.num_joints, 3, name="joint_conv", **kw)(x)
+    features = Bottleneck(self.width // 4, ops=self.ops, name="feature_bottleneck", **kw)(x, train=train)
     return features, heatmaps
 
 
@@ -92,6 +94,7 @@ class DilatedBlock(nn.Module):
   width: int = 256
   num_bottlenecks: int = 2
   dilations: tuple[int, ...] = (4, 8, 12)
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -100,8 +103,8 @@ class DilatedBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = context
     for i in range(self.num_bottlenecks):
-      x = Bottleneck(self.width // 4, name=f"bottleneck{i}", **kw)(x, train=train)
-    return ASPP(self.width, self.dilations, name="aspp", **kw)(x, train=train)
+      x = Bottleneck(self.width // 4, ops=self.ops, name=f"bottleneck{i}", **kw)(x, train=train)
+    return ASPP(self.width, self.dilations, ops=self.ops, name="aspp", **kw)(x, train=train)
 
 
 class DepthCentricBlock(nn.Module):
@@ -111,6 +114,7 @@ class DepthCentricBlock(nn.Module):
   width: int = 256
   depth_bins: int = 64
   num_bottlenecks: int = 1
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -118,11 +122,11 @@ class DepthCentricBlock(nn.Module):
   def __call__(self, context: jnp.ndarray, joint: jnp.ndarray, *, train: bool
                ) -> tuple[jnp.ndarray, jnp.ndarray]:
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    x = conv(self.width, 1, name="reduce_conv", **kw)(jnp.concatenate([context, joint], axis=-1))
+    x = conv(self.ops, self.width, 1, name="reduce_conv", **kw)(jnp.concatenate([context, joint], axis=-1))
     x = nn.relu(batch_norm(train, name="reduce_bn", **kw)(x))
     for i in range(self.num_bottlenecks):
-      x = Bottleneck(self.width // 4, name=f"bottleneck{i}", **kw)(x, train=train)
-    return x, conv(self.depth_bins, 3, name="volume_conv", **kw)(x)
+      x = Bottleneck(self.width // 4, ops=self.ops, name=f"bottleneck{i}", **kw)(x, train=train)
+    return x, conv(self.ops, self.depth_bins, 3, name="volume_conv", **kw)(x)
 
 
 class VolumetricHead(nn.Module):
@@ -136,6 +140,7 @@ class VolumetricHead(nn.Module):
   num_joints: int = 18
   depth_bins: int = 64
   num_bottlenecks: int = 3
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -144,7 +149,7 @@ class VolumetricHead(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.concatenate([context, depth], axis=-1)
     for i in range(self.num_bottlenecks):
-      x = Bottleneck(x.shape[-1] // 4, name=f"bottleneck{i}", **kw)(x, train=train)
-    x = conv(self.num_joints * self.depth_bins, 1, use_bias=True, name="final_conv", **kw)(x)
+      x = Bottleneck(x.shape[-1] // 4, ops=self.ops, name=f"bottleneck{i}", **kw)(x, train=train)
+    x = conv(self.ops, self.num_joints * self.depth_bins, 1, use_bias=True, name="final_conv", **kw)(x)
     b, h, w, _ = x.shape
     return x.reshape(b, h, w, self.num_joints, self.depth_bins)

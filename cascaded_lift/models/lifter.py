@@ -1,4 +1,4 @@
-"""The 3D lifting block (DESIGN.md section 3 item 8): 2.5D joints (B, 5 J) -> root-relative 3D (B, J, 3) mm.
+"""The 3D lifting block (docs/design.md section 3 item 8): 2.5D joints (B, 5 J) -> root-relative 3D (B, J, 3) mm.
 
 Dense(5J -> width, no bias) + BN + ReLU, then `num_blocks` residual blocks of `layers_per_block` x
 [Dense (no bias) + BN + ReLU + Dropout] with the block input added to the output, then Dense(width -> 3J)

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cascaded_lift.models.blocks import (BACKBONE_INIT, BasicBlock, Bottleneck, Initializer, batch_norm, conv,
-                                         max_pool)
+from cascaded_lift.models.blocks import (BACKBONE_INIT, BasicBlock, Bottleneck, Initializer, batch_norm, conv)
+from cascaded_lift.models.ops import STANDARD_OPS, LayerOps
 
 Dtype = Any
 
@@ -48,6 +48,7 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] | None = None
   output_stride: int = 32
   kernel_init: Initializer = BACKBONE_INIT
+  ops: LayerOps = STANDARD_OPS
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -67,9 +68,9 @@ class ResNet(nn.Module):
     block, sizes = self._spec()
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = jnp.asarray(x, self.dtype)
-    x = conv(self.width, 7, stride=2, init=self.kernel_init, name="conv1", **kw)(x)
+    x = conv(self.ops, self.width, 7, stride=2, init=self.kernel_init, name="conv1", **kw)(x)
     x = nn.relu(batch_norm(train, name="bn1", **kw)(x))
-    x = max_pool(x, 3, 2, 1)
+    x = self.ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     if self.output_stride not in (16, 32):
       raise ValueError(f"ResNet: output_stride must be 16 or 32, got {self.output_stride}")
     for i, n in enumerate(sizes):
@@ -78,5 +79,5 @@ class ResNet(nn.Module):
         stride = 2 if (i > 0 and j == 0 and not dilate) else 1
         dilation = 2 if (dilate and j > 0) else 1
         x = block(self.width * 2 ** i, stride=stride, dilation=dilation, kernel_init=self.kernel_init,
-                  name=f"layer{i + 1}_{j}", **kw)(x, train=train)
+                  ops=self.ops, name=f"layer{i + 1}_{j}", **kw)(x, train=train)
     return x

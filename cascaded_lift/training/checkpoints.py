@@ -88,3 +88,12 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_variables(workdir: str | pathlib.Path, step: int | None = None) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of the latest (or given) checkpoint in workdir, on the first local device."""
+  checkpointer = Checkpointer(workdir, async_save=False)
+  try:
+    return checkpointer.restore_variables(step)
+  finally:
+    checkpointer.close()

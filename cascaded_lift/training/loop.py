@@ -1,4 +1,4 @@
-"""train_and_evaluate: the two-stage training loop with checkpoints, resumption and logging.
+"""train: the two-stage training loop with checkpoints, resumption and logging.
 
 Stage 1 trains the crop model (everything but the lifter) with the stage-1 losses; stage 2 trains the
 lifter on 3D data with the rest frozen (parameters and BatchNorm statistics). Each stage has its own
@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cascaded_lift import hostmem
+from cascaded_lift import platform
 from cascaded_lift import skeleton as skeleton_lib
-from cascaded_lift import data as data_lib
+from cascaded_lift.data import pipeline as data_pipeline
+from cascaded_lift.models.build import check_heatmap_size
 from cascaded_lift.training import optim, parallel
-from cascaded_lift.training.builders import build_model, check_heatmap_size, init_variables, load_pretrained
+from cascaded_lift.training.builders import init_variables, load_pretrained
 from cascaded_lift.training.checkpoints import Checkpointer
 from cascaded_lift.training.step import TrainState, make_train_step
 from cascaded_lift.training.writers import MetricWriter, ProgressBar
@@ -84,7 +85,7 @@ def stage_schedule(config: Any) -> list[tuple[int, Any, Any, int, int]]:
     if not scfg.enabled:
       continue
     data = stage_data_config(config, stage)
-    steps_per_epoch = data_lib.steps_per_epoch(data, scfg.batch_size)
+    steps_per_epoch = data_pipeline.steps_per_epoch(data, scfg.batch_size)
     num_steps = scfg.get("num_steps") or int(round(scfg.num_epochs * steps_per_epoch))
     out.append((stage, scfg, data, steps_per_epoch, num_steps))
   return out
@@ -102,19 +103,19 @@ def _fetch_and_check(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[tu
   return [(s, {k: float(v) for k, v in m.items()}) for s, m in fetched]
 
 
-def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs both stages from scratch or from the latest checkpoint in `workdir`, then evaluates.
+def train(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Runs both stages from scratch or from the latest checkpoint in `workdir`.
 
-  Returns the evaluation metrics (empty dict when config.eval.enabled is False).
+  Returns the final {'params', 'batch_stats'} (replicated over the mesh).
   """
   workdir = pathlib.Path(workdir)
   # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
-  hostmem.configure(config.get("host_malloc", "retain"))
+  platform.configure_host(config)
   parallel.maybe_initialize_distributed()
   mesh = parallel.create_mesh()
   is_chief = jax.process_index() == 0
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
-  model = build_model(config)
+  model = platform.build_model(config)
   check_heatmap_size(config, model)
   writer = MetricWriter(workdir, enabled=is_chief)
   checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
@@ -141,7 +142,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
       state = jax.jit(lambda v: TrainState(step=jnp.asarray(start_global, jnp.int32), params=v["params"],
                                            batch_stats=v["batch_stats"], opt_state=tx.init(v["params"])),
                       out_shardings=replicated)(variables)
-      iterator = data_lib.create_train_iterator(
+      iterator = data_pipeline.create_train_iterator(
           data_cfg, batch_size=parallel.local_batch_size(scfg.batch_size), shard_index=jax.process_index(),
           shard_count=jax.process_count())
       stage_step = 0
@@ -155,10 +156,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
                              state, iterator, stage, stage_step, num_steps, scfg, is_chief)
   checkpointer.close()
   writer.close()
-  if not config.eval.enabled:
-    return {}
-  from cascaded_lift import evaluation  # pylint: disable=g-import-not-at-top
-  return evaluation.evaluate(config, workdir, variables=variables, mesh=mesh)
+  return variables
 
 
 def _run_stage(config, model, skeleton, mesh, checkpointer, writer, sigterm, tx, schedule, state, iterator,

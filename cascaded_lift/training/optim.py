@@ -12,6 +12,7 @@ import re
 from typing import Any, Sequence
 
 import flax
+import jax
 import optax
 
 
@@ -26,7 +27,6 @@ def path_str(path: tuple[Any, ...]) -> str:
 def trainable_labels(params: Any, patterns: Sequence[str]) -> Any:
   """A pytree like `params` of "train"/"freeze" labels, from regexes over parameter paths."""
   compiled = [re.compile(p) for p in patterns]
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.tree_util.tree_map_with_path(
       lambda path, _: "train" if any(c.search(path_str(path)) for c in compiled) else "freeze", params)
 

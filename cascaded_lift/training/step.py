@@ -1,4 +1,4 @@
-"""The train state and the pure, jit-compiled train and evaluation steps.
+"""The train state and the pure, jit-compiled train step (the evaluation forward pass is models.build's).
 
 `train_step(state, batch) -> (state, metrics)` is built by :func:`make_train_step` for one stage:
   stage 1: everything but the lifter trains, BatchNorm in train mode (the lifter in eval mode, unused
@@ -9,7 +9,6 @@ The optimizer's frozen partition (set_to_zero) keeps every other parameter where
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import flax
@@ -17,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cascaded_lift import heatmaps
-from cascaded_lift import losses as losses_lib
-from cascaded_lift import targets as targets_lib
+from cascaded_lift.training import losses as losses_lib
+from cascaded_lift.training import targets as targets_lib
 from cascaded_lift.skeleton import Skeleton
 
 
@@ -74,19 +72,3 @@ def make_train_step(model: Any, tx: optax.GradientTransformation, cfg: Any, skel
     return new_state, metrics
 
   return train_step
-
-
-def make_predict_step(model: Any, skeleton: Skeleton, flip_test: bool) -> Callable[..., dict[str, jax.Array]]:
-  """Evaluation forward pass: (variables, images, boxes) -> {'coords', 'pose_3d'} in float32.
-
-  With flip_test, heatmaps.flip_test averages the prediction with that of the mirrored crop.
-  """
-
-  def predict(variables, images, boxes):
-    apply_fn = functools.partial(model.apply, variables, train=False)
-    if flip_test:
-      return heatmaps.flip_test(apply_fn, images, boxes, skeleton)
-    out = apply_fn(images, boxes)
-    return {"coords": out["coords"].astype(jnp.float32), "pose_3d": out["pose_3d"].astype(jnp.float32)}
-
-  return predict

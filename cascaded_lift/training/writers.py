@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping
 
 from absl import logging
+from tensorboardX import SummaryWriter
 
 
 class MetricWriter:
@@ -24,7 +25,6 @@ class MetricWriter:
     self.workdir = pathlib.Path(workdir)
     self._tb = None
     if enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self.workdir.mkdir(parents=True, exist_ok=True)
       self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
       self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")

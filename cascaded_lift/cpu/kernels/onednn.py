@@ -20,7 +20,7 @@ compiler, flags and oneDNN version header ($CASCADED_LIFT_KERNEL_CACHE, default
 ~/.cache/cascaded_lift/kernels). The build writes to a temporary name and renames, so
 concurrent processes (test workers, data-parallel hosts) never load a half-written library.
 
-  from cascaded_lift.kernels import onednn
+  from cascaded_lift.cpu.kernels import onednn
   onednn.available()        # True once built and registered; never raises
   onednn.unavailable_reason()   # why not (compiler output, missing library), or None
   onednn.register()         # builds + registers, raises KernelUnavailable with the reason
@@ -40,6 +40,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+
+import jax
+import jaxlib
 
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 # FFI target name -> exported handler symbol in the library.
@@ -96,7 +99,6 @@ def _dnnl_version_header() -> bytes:
 
 
 def _library_path() -> pathlib.Path:
-  import jaxlib  # pylint: disable=g-import-not-at-top
   key = hashlib.sha256()
   for part in (SOURCE.read_bytes(), jaxlib.__version__.encode(), _compiler().encode(),
                " ".join(_CXX_FLAGS + tuple(_dnnl_flags())).encode(), _dnnl_version_header()):
@@ -106,7 +108,6 @@ def _library_path() -> pathlib.Path:
 
 def build(path: pathlib.Path) -> None:
   """Compiles onednn_conv.cc into the shared library `path` (atomically); raises KernelUnavailable."""
-  import jax  # pylint: disable=g-import-not-at-top
   cxx = _compiler()
   if shutil.which(cxx) is None:
     raise KernelUnavailable(f"no C++ compiler {cxx!r} on PATH (set $CXX) to build {SOURCE.name}")
@@ -139,7 +140,6 @@ def _load() -> ctypes.CDLL | str:
   if not sys.platform.startswith("linux"):
     return f"the oneDNN kernels are built for Linux only (this is {sys.platform})"
   try:
-    import jax  # pylint: disable=g-import-not-at-top
     path = _library_path()
     if not path.exists():
       build(path)

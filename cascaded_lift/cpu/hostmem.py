@@ -4,7 +4,7 @@ Why: XLA:CPU's YNNPACK kernels allocate whole-tensor temporaries with malloc fro
 of its pool, many per step (a 256 MB intermediate was mapped 128 times in one call of a fused matmul;
 strace). glibc serves a request that large from a worker thread with a fresh mmap and unmaps it on
 free, so every page is faulted in and zeroed again on each use: the full model's training step took
-1.27 million minor page faults and 4 s of system time out of 6.7 s (benchmarks/BENCHMARKS.md).
+1.27 million minor page faults and 4 s of system time out of 6.7 s (BENCHMARKS.md; docs/design.md section 10.4).
 PyTorch's CPU training step does much the same (2.1-2.4 million faults).
 
 `retain_freed_memory()` sets three glibc malloc options (mallopt) for the whole process:

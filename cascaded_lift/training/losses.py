@@ -1,4 +1,4 @@
-"""Stage-1 and stage-2 losses (DESIGN.md section 5), pure jax.numpy for the jitted train step.
+"""Stage-1 and stage-2 losses (docs/design.md section 5), pure jax.numpy for the jitted train step.
 
 Every term is a masked mean: the sum of the per-element loss over the elements that take part, divided
 by how many elements take part (max(count, 1), so a batch where nothing takes part gives 0, never NaN).
@@ -8,7 +8,7 @@ whatever a masked prediction or target holds changes neither the value nor any g
 also respects batch['valid'] (0 for padding). Predictions may be bfloat16; the arithmetic and results
 are float32.
 
-Masks (decisions; see cascaded_lift.targets for how the targets' masks are made):
+Masks (decisions; see cascaded_lift.training.targets for how the targets' masks are made):
 - L_joint: per channel, joint visible. L_bone: per bone, both joints visible.
 - L_3D: samples with depth. L_depth: labelled pixels of samples with depth.
 - L_coord: per coordinate, targets['coord_mask'] (z only for samples with depth).
@@ -93,7 +93,7 @@ def ordinal_depth_loss(logits: Array, labels: Array, pixel_mask: Array, has_dept
 
   Args:
     logits: (B, H, W, D) ordinal logits; s(l_c) estimates P(d > c).
-    labels: (B, H, W, D) targets in {0, 1} (cascaded_lift.targets.ordinal_depth_labels).
+    labels: (B, H, W, D) targets in {0, 1} (cascaded_lift.training.targets.ordinal_depth_labels).
     pixel_mask: (B, H, W) labelled pixels; has_depth, valid: (B,).
   Returns:
     float32 mean over labelled (pixel, bin) pairs of softplus(l) - t l = -[t log s(l) + (1-t) log(1-s(l))].
@@ -161,7 +161,7 @@ def stage1_loss(outputs: Mapping[str, Array], targets: Mapping[str, Array], batc
 
   Args:
     outputs: model outputs 'bone_heatmaps', 'joint_heatmaps', 'depth_volume', 'ordinal_logits', 'coords'.
-    targets: cascaded_lift.targets.make_stage1_targets(batch, ...).
+    targets: cascaded_lift.training.targets.make_stage1_targets(batch, ...).
     batch: for 'has_depth' and 'valid' (B,) (valid optional: all ones when absent).
     weights: exactly the keys bone, joint, volume_3d, depth, coord. A term whose weight is a Python 0
       is skipped (logged as 0), so its output may be absent.

@@ -1,14 +1,14 @@
-"""NHWC convolution with fast CPU gradients: oneDNN kernels, or XLA's with per-tap kernel gradients.
+"""NHWC convolution with fast XLA:CPU gradients: oneDNN kernels, or XLA's with per-tap kernel gradients.
 
 `conv2d(x, kernel, stride, padding, dilation)` is exactly `lax.conv_general_dilated` (NHWC, HWIO,
 explicit padding): the same operator and the same gradients. What differs is which kernels compute it
 when the program is lowered for CPU; GPU and TPU (`lax.platform_dependent`'s default branches) always
 get XLA's own, which cuDNN and the TPU compiler handle well.
 
-CPU, float32, `CPU_CONV` "auto" or "onednn": oneDNN's convolution forward, backward-data and
-backward-weights primitives as XLA FFI custom calls (cascaded_lift/kernels/onednn.py), on the NHWC
+CPU, float32, `kernels` "auto" or "onednn": oneDNN's convolution forward, backward-data and
+backward-weights primitives as XLA FFI custom calls (cascaded_lift/cpu/kernels/onednn.py), on the NHWC
 activations in place. They are what PyTorch's CPU convolutions run; XLA:CPU's own backward passes are
-2-5x slower (BENCHMARKS.md). "auto" falls back to XLA when the kernels cannot be built (no compiler or
+2-5x slower (docs/design.md section 10). "auto" falls back to XLA when the kernels cannot be built (no compiler or
 no oneDNN: `onednn.unavailable_reason()` says which); "onednn" raises instead; "xla" never uses them.
 Other dtypes (bfloat16) always take XLA's path.
 
@@ -18,19 +18,17 @@ matrix-product throughput. Written per kernel tap instead,
 
   dK[i, j] = sum_{b, h, w} x_pad[b, h * s + i * d, w * s + j * d, :]^T  dy[b, h, w, :]     (C x F)
 
-is kh * kw matrix products with a long contraction (B * H' * W'); `CPU_KERNEL_GRAD` picks where.
+is kh * kw matrix products with a long contraction (B * H' * W'); `kernel_grad` picks where.
 benchmarks/bench_breakdown.py measures both.
 
-Both settings are read when a function is traced (jit caches what it traced); the benchmarks and tests
-set them, `cpu_conv(mode)` sets CPU_CONV for a block, and $CASCADED_LIFT_CPU_CONV sets its default.
+Both settings are arguments (from config.cpu through cascaded_lift.platform), never module state, so
+a traced function depends only on what it was given.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,38 +37,39 @@ from absl import logging
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cascaded_lift.kernels import onednn
+from cascaded_lift.cpu.kernels import onednn
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-CPU_CONV_MODES = ("auto", "onednn", "xla")
-# Which kernels compute float32 convolutions lowered for CPU (module docstring).
-CPU_CONV = os.environ.get("CASCADED_LIFT_CPU_CONV", "auto")
-
-# How conv2d's kernel gradient is computed when lowered for CPU: "taps" (the matrix products above),
-# "xla" (XLA's own, as on other platforms), or "auto": taps where they measured faster (dilated kernels
-# and the 2x2 phase kernels of the four-phase deconvolution, both with at least 128 x 128 channels:
-# 1.35x for the ASPP's dilated 3x3 256->256 at 64 x 64, 1.6-3.3x for the deconvolutions' phases),
-# XLA's own elsewhere (it is up to 3x faster for undilated 3x3 kernels, and for narrow layers).
-# Read when a function is traced; the benchmarks set it to compare.
-CPU_KERNEL_GRAD = "auto"
+KERNELS = ("auto", "onednn", "xla")      # which kernels compute float32 convolutions lowered for CPU
+# How XLA's path computes a kernel gradient on CPU: "taps" (the matrix products above), "xla" (XLA's
+# own, as on other platforms), or "auto": taps where they measured faster (dilated kernels and the 2x2
+# phase kernels of the four-phase deconvolution, both with at least 128 x 128 channels: 1.35x for the
+# ASPP's dilated 3x3 256->256 at 64 x 64, 1.6-3.3x for the deconvolutions' phases), XLA's own elsewhere
+# (it is up to 3x faster for undilated 3x3 kernels, and for narrow layers).
+KERNEL_GRADS = ("auto", "taps", "xla")
 _TAPS_MIN_CHANNEL_PRODUCT = 128 * 128
 
 
-def onednn_active(dtype) -> bool:
-  """Whether conv2d on `dtype` inputs uses the oneDNN custom calls on CPU under the current CPU_CONV."""
-  if CPU_CONV not in CPU_CONV_MODES:
-    raise ValueError(f"conv_ops.CPU_CONV (or $CASCADED_LIFT_CPU_CONV) must be one of {CPU_CONV_MODES}, "
-                     f"got {CPU_CONV!r}")
-  if CPU_CONV == "xla" or jnp.dtype(dtype) != jnp.float32:
+def check_modes(kernels: str, kernel_grad: str = "auto") -> None:
+  """ValueError naming the setting when `kernels` or `kernel_grad` is not one of the known values."""
+  if kernels not in KERNELS:
+    raise ValueError(f"config.cpu.conv must be one of {KERNELS}, got {kernels!r}")
+  if kernel_grad not in KERNEL_GRADS:
+    raise ValueError(f"config.cpu.kernel_grad must be one of {KERNEL_GRADS}, got {kernel_grad!r}")
+
+
+def onednn_active(dtype: Any, kernels: str = "auto") -> bool:
+  """Whether conv2d on `dtype` inputs uses the oneDNN custom calls on CPU with `kernels`."""
+  check_modes(kernels)
+  if kernels == "xla" or jnp.dtype(dtype) != jnp.float32:
     return False
-  if CPU_CONV == "onednn":
+  if kernels == "onednn":
     onednn.register()  # raises KernelUnavailable with the reason
     return True
-  # auto: only where CPU is the default backend, so GPU/TPU hosts never build the library.
-  if jax.default_backend() != "cpu":
-    return False
+  # auto: where the kernels build. (cascaded_lift.platform picks the CPU forms only for a CPU backend
+  # unless config.platform_ops = "cpu" asks for them anywhere.)
   if not onednn.available():
     _log_fallback_once(onednn.unavailable_reason())
     return False
@@ -79,26 +78,13 @@ def onednn_active(dtype) -> bool:
 
 @functools.cache
 def _log_fallback_once(reason: str | None) -> None:
-  logging.warning("conv_ops: oneDNN kernels unavailable, CPU convolutions use XLA's (2-5x slower backward "
-                  "passes): %s", reason)
+  logging.warning("cpu.conv_ops: oneDNN kernels unavailable, CPU convolutions use XLA's (2-5x slower "
+                  "backward passes): %s", reason)
 
 
-@contextlib.contextmanager
-def cpu_conv(mode: str) -> Iterator[None]:
-  """Sets CPU_CONV for functions traced inside the block (e.g. "xla" for a portable jax.export)."""
-  global CPU_CONV
-  if mode not in CPU_CONV_MODES:
-    raise ValueError(f"cpu_conv: mode must be one of {CPU_CONV_MODES}, got {mode!r}")
-  old, CPU_CONV = CPU_CONV, mode
-  try:
-    yield
-  finally:
-    CPU_CONV = old
-
-
-def _prefer_taps(kernel_shape: tuple[int, ...], dilation: int) -> bool:
-  if CPU_KERNEL_GRAD != "auto":
-    return CPU_KERNEL_GRAD == "taps"
+def _prefer_taps(kernel_shape: tuple[int, ...], dilation: int, kernel_grad: str) -> bool:
+  if kernel_grad != "auto":
+    return kernel_grad == "taps"
   kh, kw, cin, cout = kernel_shape
   return cin * cout >= _TAPS_MIN_CHANNEL_PRODUCT and (dilation > 1 or (kh, kw) == (2, 2))
 
@@ -137,12 +123,14 @@ def _kernel_grad_xla(x: jax.Array, dy: jax.Array, kernel_shape: tuple[int, ...],
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
-           padding: tuple[tuple[int, int], tuple[int, int]], dilation: int) -> jax.Array:
+           padding: tuple[tuple[int, int], tuple[int, int]], dilation: int, *, kernels: str = "auto",
+           kernel_grad: str = "auto") -> jax.Array:
   """(B, H, W, C) conv (kh, kw, C, F) -> (B, H', W', F); same operator as lax.conv_general_dilated.
 
-  With oneDNN active (onednn_active) the CPU program calls oneDNN for the convolution and both
-  gradients. Otherwise, where CPU_KERNEL_GRAD picks the tap products for this kernel, the convolution carries a custom VJP
-  that uses them on CPU; elsewhere it is plain xla_conv2d with XLA's own gradients.
+  With oneDNN active (onednn_active(dtype, kernels)) the CPU program calls oneDNN for the convolution
+  and both gradients. Otherwise, where `kernel_grad` picks the tap products for this kernel, the
+  convolution carries a custom VJP that uses them on CPU; elsewhere it is plain xla_conv2d with XLA's
+  own gradients.
 
   Args:
     x: NHWC input.
@@ -150,10 +138,12 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int,
     stride: spatial stride (both axes).
     padding: ((top, bottom), (left, right)) explicit zero padding.
     dilation: kernel (atrous) dilation (both axes).
+    kernels, kernel_grad: see KERNELS and KERNEL_GRADS.
   """
-  if onednn_active(x.dtype) and onednn_active(kernel.dtype):
+  check_modes(kernels, kernel_grad)
+  if onednn_active(x.dtype, kernels) and onednn_active(kernel.dtype, kernels):
     return _conv2d_onednn(x, kernel, stride, padding, dilation)
-  if _prefer_taps(kernel.shape, dilation):
+  if _prefer_taps(kernel.shape, dilation, kernel_grad):
     return _conv2d_tap_grad(x, kernel, stride, padding, dilation)
   return xla_conv2d(x, kernel, stride, padding, dilation)
 
@@ -325,7 +315,7 @@ _conv2d_onednn.defvjp(_onednn_fwd, _onednn_bwd)
 
 
 def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padding, dilation: int,
-                     x_hw: tuple[int, int]) -> jax.Array:
+                     x_hw: tuple[int, int], *, kernels: str = "auto") -> jax.Array:
   """The adjoint (transpose) of `conv2d(., kernel, stride, padding, dilation)`, applied to y.
 
   (B, H', W', F) -> (B, H, W, C) for a (kh, kw, C, F) kernel, where (H, W) = x_hw is the size of the
@@ -334,7 +324,7 @@ def conv2d_transpose(y: jax.Array, kernel: jax.Array, stride: int, padding: Padd
   "deconvolutions" compute. With oneDNN active: one backward-data call, and the gradients are a forward
   call (for y) and a backward-weights call with the roles of the maps swapped (for the kernel).
   """
-  if onednn_active(y.dtype) and onednn_active(kernel.dtype):
+  if onednn_active(y.dtype, kernels) and onednn_active(kernel.dtype, kernels):
     return _conv2d_transpose_onednn(y, kernel, stride, padding, dilation, tuple(x_hw))
   return _xla_input_grad(y, kernel, _adjoint_shape(y, kernel, x_hw), stride, padding, dilation)
 

@@ -1,12 +1,11 @@
-"""Evaluation of a trained model: predictions over an eval split, metrics, tables and plots.
+"""Single-person evaluation (Human3.6M, synthetic): predictions over an eval split, metrics, tables, plots.
 
 Writes to <workdir>/eval/: metrics.json (mpjpe, pa_mpjpe, rigid_pa_mpjpe, n_mpjpe, pck3d, auc3d,
 num_samples, per-action tables where the set has actions, and mean_pose_mpjpe - the error of always
 predicting the training mean pose - where the 3D training set is available), predictions.json, and PNGs
 (per-action errors, example crops with the predicted 2D skeleton next to 3D prediction vs ground truth).
 
-Evaluation runs on process 0 over its local devices (the eval sets are small next to training); other
-processes return an empty dict. Predictions are compared raw with the raw root-relative ground truth
+Predictions are compared raw with the raw root-relative ground truth
 over the skeleton's evaluation joints, as the paper does.
 """
 
@@ -21,28 +20,18 @@ import numpy as np
 from absl import logging
 
 from cascaded_lift import metrics as metrics_lib
+from cascaded_lift import platform
 from cascaded_lift import skeleton as skeleton_lib
-from cascaded_lift import viz
-from cascaded_lift import data as data_lib
-from cascaded_lift.training import parallel
-from cascaded_lift.training.builders import build_model
-from cascaded_lift.training.checkpoints import Checkpointer
-from cascaded_lift.training.step import make_predict_step
-
-
-def restore_variables(workdir: str | pathlib.Path, step: int | None = None) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of the latest (or given) checkpoint in workdir, on the first local device."""
-  checkpointer = Checkpointer(workdir, async_save=False)
-  try:
-    return checkpointer.restore_variables(step)
-  finally:
-    checkpointer.close()
+from cascaded_lift.data import pipeline as data_pipeline
+from cascaded_lift.inference import plots
+from cascaded_lift.models.build import make_predict_step
+from cascaded_lift.training.checkpoints import restore_variables
 
 
 def collect_predictions(config: Any, variables: dict[str, Any], split: str | None = None) -> dict[str, np.ndarray]:
   """Runs the model over the eval split; returns host arrays of every valid example."""
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
-  model = build_model(config)
+  model = platform.build_model(config)
   predict = jax.jit(make_predict_step(model, skeleton, flip_test=config.eval.flip_test))
   variables = jax.device_put(variables, jax.local_devices()[0])
   keep = ("joints_cam", "image_id", "subject", "action", "frame", "bbox")
@@ -52,7 +41,7 @@ def collect_predictions(config: Any, variables: dict[str, Any], split: str | Non
   if split is not None:
     data_cfg = config.data.copy_and_resolve_references()
     data_cfg.eval.split = split
-  for batch in data_lib.create_eval_iterator(data_cfg, batch_size=config.eval.batch_size):
+  for batch in data_pipeline.create_eval_iterator(data_cfg, batch_size=config.eval.batch_size):
     pred = jax.device_get(predict(variables, batch["image"], batch["bbox"]))
     valid = np.asarray(batch["valid"]) > 0
     out["pose_3d"].append(pred["pose_3d"][valid])
@@ -65,27 +54,19 @@ def collect_predictions(config: Any, variables: dict[str, Any], split: str | Non
   return {k: np.concatenate(v) for k, v in out.items() if v}
 
 
-def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any] | None = None,
-             mesh: Any = None, step: int | None = None, split: str | None = None) -> dict[str, Any]:
-  """Evaluates `variables` (or the latest checkpoint of workdir) and writes workdir/eval/*."""
-  del mesh  # evaluation uses process 0's local device
-  if jax.process_index() != 0:
-    return {}
-  if config.data.eval.name == "mupots_3d":
-    # Multi-person, top-down: every person box of every frame, matched per frame (DESIGN.md section 7).
-    from cascaded_lift import mupots  # pylint: disable=g-import-not-at-top
-    return mupots.evaluate_mupots_workdir(config, workdir, step=step,
-                                          variables=parallel.to_host(variables) if variables else None)
+def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: dict[str, Any] | None = None,
+                     step: int | None = None, split: str | None = None) -> dict[str, Any]:
+  """Evaluates `variables` (or the latest / `step` checkpoint of workdir) and writes workdir/eval/*."""
   workdir = pathlib.Path(workdir)
   out_dir = workdir / "eval"
   out_dir.mkdir(parents=True, exist_ok=True)
   if variables is None:
     variables = restore_variables(workdir, step)
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
-  preds = collect_predictions(config, parallel.to_host(variables), split)
+  preds = collect_predictions(config, variables, split)
   nj = skeleton.num_eval_joints
   root = skeleton.root
-  # Root alignment (DESIGN.md section 7): both poses relative to their own root joint; the lifter's
+  # Root alignment (docs/design.md section 7): both poses relative to their own root joint; the lifter's
   # output root is near, not exactly at, zero.
   gt = preds["joints_cam"] - preds["joints_cam"][:, root:root + 1]
   pred = preds["pose_3d"] - preds["pose_3d"][:, root:root + 1]
@@ -101,7 +82,7 @@ def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any]
   }
   if config.eval.get("mean_pose_baseline", True):
     # The "always predict the training mean pose" baseline tells how much the model learned.
-    mean_pose = data_lib.mean_pose(config.data)
+    mean_pose = data_pipeline.mean_pose(config.data)
     baseline = np.broadcast_to(mean_pose[None, :nj], gt3d.shape)
     results["mean_pose_mpjpe"] = metrics_lib.mpjpe(baseline, gt3d)
   if config.data.eval.name == "human36m":
@@ -112,16 +93,16 @@ def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any]
     results["per_action"] = tables
     (out_dir / "h36m_tables.md").write_text(metrics_lib.format_action_table(
         {"MPJPE": tables["mpjpe"], "PA-MPJPE": tables["pa_mpjpe"], "PA-MPJPE (rigid)": tables["rigid_pa_mpjpe"]}))
-    viz.save_bar_chart(out_dir / "per_action_mpjpe.png", tables["mpjpe"]["per_action"], "MPJPE (mm)",
+    plots.save_bar_chart(out_dir / "per_action_mpjpe.png", tables["mpjpe"]["per_action"], "MPJPE (mm)",
                        "MPJPE per action")
   per_joint = np.linalg.norm(pred3d - gt3d, axis=-1).mean(0)
-  viz.save_bar_chart(out_dir / "per_joint_mpjpe.png",
+  plots.save_bar_chart(out_dir / "per_joint_mpjpe.png",
                      {n: float(e) for n, e in zip(skeleton.joint_names[:nj], per_joint)}, "MPJPE (mm)",
                      "MPJPE per joint")
   n_img = min(len(preds.get("image", [])), config.eval.get("num_plot_examples", 4))
   if n_img:
     scale = config.data.image_size / config.data.output_size
-    viz.save_examples(out_dir / "examples.png", preds["image"][:n_img], preds["coords"][:n_img, :, :2] * scale,
+    plots.save_examples(out_dir / "examples.png", preds["image"][:n_img], preds["coords"][:n_img, :, :2] * scale,
                       pred[:n_img], gt[:n_img], skeleton)
   with open(out_dir / "metrics.json", "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)

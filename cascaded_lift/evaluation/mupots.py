@@ -2,14 +2,14 @@
 
   results = evaluate_mupots(config, variables, config.data.eval, out_dir)              # annotated boxes
   results = evaluate_mupots(config, variables, builder, out_dir, use_detections=True)  # RootNet boxes
-  results = evaluate_mupots_workdir(config, workdir)   # eval.py: latest checkpoint, writes workdir/eval/
+  results = evaluate_workdir(config, workdir)   # eval.py: latest checkpoint, writes workdir/eval/
 
 Per frame (one record of the mupots_3d builder: the whole image, all annotated people, intrinsics):
   1. person boxes: every annotated person's box (valid or not: a real detector would see them too), or
      with use_detections the frame's detections (the builder's det_bbox, or a `detections` JSON file);
-  2. the network on every box (inference.Predictor: the evaluation crop, flip test, batched people)
+  2. the network on every box (predictor_lib.Predictor: the evaluation crop, flip test, batched people)
      -> 2D joints in image px and root-relative 3D;
-  3. camera space with the frame's intrinsics (inference.to_camera); the root depth is an option,
+  3. camera space with the frame's intrinsics (host.to_camera); the root depth is an option,
      recorded in the results: "gt" (the annotated root depth; annotated boxes only), "detection" (the
      detections' root_cam Z, as 3DMPPE evaluates), "prior" (the distance prior of the box size), or
      "auto" = "detection" with detections that carry root_cam, else "gt" for annotated boxes, else "prior";
@@ -39,11 +39,14 @@ from typing import Any, Callable, Iterator, Mapping
 import cv2
 import ml_collections
 import numpy as np
+import tensorflow_datasets as tfds
 
-from cascaded_lift import inference
-from cascaded_lift import mupots_eval
 from cascaded_lift import skeleton as skeleton_lib
-from cascaded_lift.data import transforms
+from cascaded_lift.data import sources, transforms
+from cascaded_lift.evaluation import mupots_score
+from cascaded_lift.inference import host
+from cascaded_lift.inference import predictor as predictor_lib
+from cascaded_lift.training.checkpoints import restore_variables
 
 ROOT_DEPTHS = ("auto", "gt", "detection", "prior")
 METRICS_JSON = "mupots_metrics.json"
@@ -66,11 +69,9 @@ PredictFn = Callable[[Frame], tuple[np.ndarray, np.ndarray]]
 
 def _open_records(data: Any) -> tuple[str, Any, skeleton_lib.Skeleton | None]:
   """(label, random-access records, dataset skeleton if known) from a source, builder, spec or sequence."""
-  from cascaded_lift.data import sources  # pylint: disable=g-import-not-at-top
   if isinstance(data, sources.PoseSource):
     return data.label, data, data.skeleton
   if hasattr(data, "as_data_source"):  # a TFDS builder
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     meta = data.info.metadata or {}
     skel = skeleton_lib.get_skeleton(meta["skeleton"]) if "skeleton" in meta else getattr(data, "SKELETON", None)
     ds = data.as_data_source(split="test", decoders={"image": tfds.decode.SkipDecoding()})
@@ -172,8 +173,8 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
     root_depth: "auto" | "gt" | "detection" | "prior".
     detections: a bbox_root JSON file ({image_id, bbox, root_cam, score}) to use instead of the
       stored detections (implies use_detections); score_threshold filters it.
-    predict_fn: replaces the network (see :class:`Frame`); None = inference.Predictor(config, variables).
-    flip_test: None = config.eval.flip_test.  camera_pose: see inference.to_camera.
+    predict_fn: replaces the network (see :class:`Frame`); None = predictor_lib.Predictor(config, variables).
+    flip_test: None = config.eval.flip_test.  camera_pose: see host.to_camera.
     matching, match_threshold: MuPoTSEvaluator's matching rule.
     max_frames: evaluate only the first frames (quick checks).  max_batch: people per network call.
   Returns:
@@ -197,13 +198,13 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
   flip = bool(config.get("eval", {}).get("flip_test", True)) if flip_test is None else bool(flip_test)
   predictor_name = "network" if predict_fn is None else getattr(predict_fn, "__name__", "custom")
   if predict_fn is None:
-    predictor = inference.Predictor(config, variables, flip_test=flip, max_batch=max_batch)
+    predictor = predictor_lib.Predictor(config, variables, flip_test=flip, max_batch=max_batch)
 
     def predict_fn(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
       people = predictor.predict(frame.image, frame.boxes, flip_test=flip)
       return np.stack([p.joints_2d for p in people]), np.stack([p.pose_3d for p in people])
 
-  evaluator = mupots_eval.MuPoTSEvaluator(skel, matching=matching, match_threshold=match_threshold)
+  evaluator = mupots_score.MuPoTSEvaluator(skel, matching=matching, match_threshold=match_threshold)
   root = skel.root
   root_errors: dict[int, list[float]] = collections.defaultdict(list)
   sources_used: collections.Counter = collections.Counter()
@@ -221,7 +222,7 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
     num_predictions += len(boxes)
     if len(boxes):
       height, width = image.shape[:2]
-      _, crop_boxes = inference.check_boxes(boxes, width, height, what)
+      _, crop_boxes = host.check_boxes(boxes, width, height, what)
       joints_2d, pose_3d = predict_fn(Frame(image, boxes, focal, principal, seq, record))
       joints_2d = np.asarray(joints_2d, np.float64).reshape(len(boxes), skel.num_joints, 2)
       pose_3d = np.asarray(pose_3d, np.float64).reshape(len(boxes), skel.num_joints, 3)
@@ -231,9 +232,9 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
       if mode == "detection" and det_root is None:
         raise ValueError(f"{what}: root_depth='detection' but the detections carry no root_cam")
       z = {"gt": lambda: gt_cam[:, root, 2], "detection": lambda: det_root[:, 2],
-           "prior": lambda: inference.distance_prior_depth(crop_boxes, focal)}[mode]()
+           "prior": lambda: host.distance_prior_depth(crop_boxes, focal)}[mode]()
       sources_used[mode] += len(boxes)
-      pose_cam, root_cam = inference.to_camera(joints_2d, pose_3d, root, focal, principal, z, camera_pose)
+      pose_cam, root_cam = host.to_camera(joints_2d, pose_3d, root, focal, principal, z, camera_pose)
     else:
       joints_2d = np.zeros((0, skel.num_joints, 2))
       pose_cam = root_cam = np.zeros((0, skel.num_joints, 3))
@@ -269,7 +270,7 @@ def format_report(results: Mapping[str, Any]) -> str:
            f"- root depth: {s['root_depth']} (used: {s['root_depth_used']}), camera pose: {s['camera_pose']}",
            f"- flip test: {s['flip_test']}, matching: {s['matching']} (threshold {s['match_threshold']} px), "
            f"first {s['evaluated_joints']} joints; 3DPCK threshold 150 mm", ""]
-  table = mupots_eval.format_mupots_table(results)
+  table = mupots_score.format_mupots_table(results)
   lines += [table if table else "(no annotated people evaluated)", ""]
   err = results["root_error_mm"]["mean"]
   lines.append(f"Mean root position error of matched people: {err:.1f} mm" if err is not None
@@ -277,17 +278,20 @@ def format_report(results: Mapping[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def evaluate_mupots_workdir(config: Any, workdir: str | pathlib.Path, step: int | None = None,
-                            variables: Any = None, **kwargs: Any) -> dict[str, Any]:
-  """eval.py's entry: the latest (or `step`) checkpoint of workdir on config.data.eval, into workdir/eval/.
+def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: Any = None, step: int | None = None,
+                     split: str | None = None, **kwargs: Any) -> dict[str, Any]:
+  """The registered MuPoTS-3D evaluator: the latest (or `step`) checkpoint of workdir on config.data.eval,
+  into workdir/eval/.
 
   Boxes from detections when config.data.eval.use_det_bbox is set; other keyword arguments go to
-  :func:`evaluate_mupots`.
+  :func:`evaluate_mupots`. `split` replaces config.data.eval.split.
   """
   if variables is None:
-    from cascaded_lift.evaluation import restore_variables  # pylint: disable=g-import-not-at-top
     variables = restore_variables(workdir, step)
-    inference.check_variables(config, variables, f"checkpoint in {str(workdir)!r}")
+    predictor_lib.check_variables(config, variables, f"checkpoint in {str(workdir)!r}")
   spec = config.data.eval
+  if split is not None:
+    spec = spec.copy_and_resolve_references()
+    spec.split = split
   kwargs.setdefault("use_detections", bool(spec.get("use_det_bbox", False)))
   return evaluate_mupots(config, variables, spec, pathlib.Path(workdir) / "eval", **kwargs)

@@ -1,24 +1,16 @@
-"""Inference on users' images: person crops -> 2D joints in image pixels, root-relative and camera-space 3D.
+"""Inference on users' images, the host side: crops, 2D joints in image pixels, camera space, results.
 
-  predictor = Predictor.from_checkpoint(config, workdir)        # or Predictor(config, variables)
-  people = predictor.predict(image_rgb, [[x0, y0, w, h], ...], focal=(fx, fy), principal=(cx, cy))
-  people[0].joints_2d   # (J, 2) px in the image
-  people[0].pose_3d     # (J, 3) mm, root-relative (camera axes)
-  people[0].pose_3d_cam # (J, 3) mm, camera frame (only with focal), root depth from root_depth_source
+Shared by the live Predictor (inference/predictor.py) and the exported one (inference/exported.py);
+imports no Flax and no model code.
 
-Top-down and multi-person: every box is cropped as the evaluation pipeline does (geometry.process_bbox:
-clip, square, enlarge 1.25x; geometry.crop_transform; one cv2.warpAffine, bilinear, black border) and
-the people of an image run as one batch. The batch is padded to a bucket size (1, 2, 4, 8, ..., up to
-`max_batch`; larger groups run in chunks) so that the network is compiled once per bucket, not once
-per head count; the padding rows are dropped from the results.
+Top-down and multi-person: every box is processed as the evaluation pipeline does (geometry.process_bbox:
+clip, square, enlarge 1.25x) and cropped by data.transforms.crop_image, the pipeline's own crop (one
+bilinear cv2.warpAffine from the full-resolution image, black border). The people of an image run as
+one batch, padded to a bucket size (1, 2, 4, 8, ..., up to `max_batch`; larger groups run in chunks)
+so that the network is compiled once per bucket, not once per head count; the padding rows are dropped.
 
-The crop repeats the evaluation crop of cascaded_lift.data.transforms.prepare on a decoded image
-(transforms.prepare works on stored records only and does not expose its crop); tests check that both
-give the same pixels. The pipeline may decode large JPEGs at 1/2..1/8 resolution before warping
-(config data.jpeg_reduce); an already decoded image is always warped at full resolution here.
-
-2D joints: soft-argmax voxel x, y (output px, W = S / 4) -> crop px x * S / W -> image px through
-geometry.crop_transform(crop_box, inverse=True) (the same mapping as the lifter's u, v input).
+2D joints: soft-argmax voxel x, y (output px, W = S / output_stride) -> crop px x * S / W -> image px
+through geometry.crop_transform(crop_box, inverse=True) (the same mapping as the lifter's u, v input).
 
 Camera space (only when the focal length is known; principal point defaults to the image centre):
 the root's pixel (u, v) from the 2D root joint and its depth Z - given per person (`root_depth`), or
@@ -29,26 +21,19 @@ back-projected with geometry.pixel_to_camera. Two ways to place the other joints
     root projects exactly onto the 2D root).
   "backprojected": every joint's own 2D position at depth Z_root + its lifted relative depth (projects
     exactly onto all predicted 2D joints; x, y then come from the heatmaps, not the lifter).
-
-This module imports no Flax and no model code at import time (the model is built lazily in
-:class:`Predictor`), so the exported-model loader of cascaded_lift.export can reuse the host-side steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cascaded_lift import geometry
-from cascaded_lift import heatmaps
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import transforms
 
@@ -111,12 +96,11 @@ def check_boxes(boxes: Array, width: int, height: int, what: str = "image",
 
 
 def crop_people(image: np.ndarray, crop_boxes: np.ndarray, image_size: int) -> np.ndarray:
-  """(P, S, S, 3) uint8 crops of processed boxes, warped like the evaluation pipeline's crop."""
+  """(P, S, S, 3) uint8 crops of processed boxes by the pipeline's crop (data.transforms.crop_image)."""
   s = int(image_size)
   crops = np.empty((len(crop_boxes), s, s, 3), np.uint8)
   for i, box in enumerate(crop_boxes):
-    mat = geometry.crop_transform(box, (s, s))
-    crops[i] = cv2.warpAffine(image, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    crops[i] = transforms.crop_image(image, box, s)
   return crops
 
 
@@ -296,130 +280,3 @@ class BasePredictor:
       p.root_depth_source = "given" if use_given[i] else "distance_prior"
       p.camera_pose = camera_pose
     return people
-
-
-# ----------------------------------------------------------------------------------------------------
-# The live model.
-
-
-def forward_fn(model: Any, skeleton: skeleton_lib.Skeleton, flip_test: bool) -> Callable[..., tuple[Array, Array]]:
-  """(variables, crops (B, S, S, 3), boxes (B, 4)) -> (coords (B, J, 3), pose_3d (B, J, 3)) float32.
-
-  The evaluation forward pass (BatchNorm in inference mode), with heatmaps.flip_test when asked.
-  """
-  def forward(variables, crops, boxes):
-    apply_fn = functools.partial(model.apply, variables, train=False)
-    out = heatmaps.flip_test(apply_fn, crops, boxes, skeleton) if flip_test else apply_fn(crops, boxes)
-    return out["coords"].astype(jnp.float32), out["pose_3d"].astype(jnp.float32)
-  return forward
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted_forward(model: Any, skeleton: skeleton_lib.Skeleton, flip_test: bool) -> Callable[..., Any]:
-  # Shared by every Predictor with an equal model (Flax modules compare by their attributes), so a
-  # second predictor of the same config reuses the compiled buckets.
-  return jax.jit(forward_fn(model, skeleton, flip_test))
-
-
-def _path_str(path: Sequence[Any]) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
-def variables_template(config: Any) -> Any:
-  """ShapeDtypeStructs of {'params', 'batch_stats'} for the model of `config` (no compilation)."""
-  from cascaded_lift.training.builders import build_model, input_shapes  # pylint: disable=g-import-not-at-top
-  model = build_model(config)
-  images, boxes = input_shapes(config)
-  shapes = jax.eval_shape(lambda k: model.init(k, jnp.zeros(images.shape, images.dtype),
-                                               jnp.ones(boxes.shape, boxes.dtype), train=False), jax.random.key(0))
-  return {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
-
-
-def check_variables(config: Any, variables: Any, what: str = "checkpoint") -> None:
-  """Raises ValueError naming the first parameter whose presence or shape differs from the model of config."""
-  def shapes(tree):  # parameters first, then the BatchNorm statistics
-    tree = dict(tree)
-    first = ("params", "batch_stats")
-    order = [k for k in first if k in tree] + sorted(k for k in tree if k not in first)
-    return {f"{k}/{_path_str(p)}": tuple(np.shape(x)) for k in order
-            for p, x in jax.tree_util.tree_flatten_with_path(tree[k])[0]}
-
-  expected, got = shapes(variables_template(config)), shapes(variables)
-  hint = f"(config: skeleton={config.skeleton!r}, depth_bins={config.data.depth_bins}, model={dict(config.model)})"
-  for path, shape in expected.items():
-    if path not in got:
-      raise ValueError(f"{what} does not match the config: parameter {path!r} {shape} is missing {hint}")
-    if got[path] != shape:
-      raise ValueError(f"{what} does not match the config: parameter {path!r} has shape {got[path]} but the model "
-                       f"built from the config expects {shape} {hint}")
-  extra = [p for p in got if p not in expected]
-  if extra:
-    raise ValueError(f"{what} does not match the config: unexpected parameter {extra[0]!r} {got[extra[0]]} {hint}")
-
-
-def random_variables(config: Any, seed: int = 0) -> dict[str, Any]:
-  """Random weights for smoke tests, filled from the shape template on the host (no init compilation).
-
-  Kernels He-normal, biases and BatchNorm means 0, BatchNorm scales and variances 1. This is not the
-  training initialisation (training.builders.init_variables), which compiles the init graph.
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = _path_str(path).rsplit("/", 1)[-1]
-    if name == "kernel":
-      return np.asarray(rng.normal(0.0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape), s.dtype)
-    return np.full(s.shape, 1.0 if name in ("scale", "var") else 0.0, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, variables_template(config))
-
-
-class Predictor(BasePredictor):
-  """CascadedLiftNet of a config with given variables; see :meth:`BasePredictor.predict`.
-
-  Args:
-    config: the training config (model, skeleton, data.image_size / depth_bins / bbox_scale).
-    variables: {'params', 'batch_stats'} (e.g. from evaluation.restore_variables).
-    flip_test: predict()'s default (None: config.eval.flip_test, else True).
-    max_batch: people per network call; more run in chunks.
-    check: compare the variables' shapes with the model's first (names the first mismatch).
-  """
-
-  def __init__(self, config: Any, variables: Any, *, flip_test: bool | None = None, max_batch: int = 32,
-               check: bool = True):
-    from cascaded_lift.data import pipeline  # pylint: disable=g-import-not-at-top
-    from cascaded_lift.training.builders import build_model  # pylint: disable=g-import-not-at-top
-    if check:
-      check_variables(config, variables, "variables")
-    self.config = config
-    self.model = build_model(config)
-    self.skeleton = skeleton_lib.get_skeleton(config.skeleton)
-    crop = pipeline.crop_config(config.data)  # the evaluation pipeline's crop size and box enlargement
-    self.image_size = int(crop.image_size)
-    self.output_size = self.model.output_size(self.image_size)
-    self.bbox_scale = float(crop.bbox_scale)
-    if flip_test is None:
-      flip_test = bool(config.get("eval", {}).get("flip_test", True))
-    self.flip_test = flip_test
-    if max_batch < 1:
-      raise ValueError(f"Predictor: max_batch must be >= 1, got {max_batch}")
-    self.max_batch = int(max_batch)
-    self.variables = jax.device_put({"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
-
-  @classmethod
-  def from_checkpoint(cls, config: Any, workdir: str | pathlib.Path, step: int | None = None,
-                      **kwargs: Any) -> "Predictor":
-    """Restores the latest (or `step`) orbax checkpoint of a training workdir; checks it against config."""
-    from cascaded_lift.evaluation import restore_variables  # pylint: disable=g-import-not-at-top
-    variables = restore_variables(workdir, step)
-    check_variables(config, variables, f"checkpoint in {str(workdir)!r}")
-    return cls(config, variables, check=False, **kwargs)
-
-  @classmethod
-  def random_init(cls, config: Any, seed: int = 0, **kwargs: Any) -> "Predictor":
-    """Random weights (see :func:`random_variables`): a smoke test of the whole path."""
-    return cls(config, random_variables(config, seed), check=False, **kwargs)
-
-  def _run(self, crops: np.ndarray, boxes: np.ndarray, flip_test: bool) -> tuple[np.ndarray, np.ndarray]:
-    fn = _jitted_forward(self.model, self.skeleton, flip_test)
-    return jax.device_get(fn(self.variables, crops, boxes))

@@ -1,4 +1,4 @@
-"""Stage-1 training targets, made on the accelerator from joint coordinates (DESIGN.md section 4).
+"""Stage-1 training targets, made on the accelerator from joint coordinates (docs/design.md section 4).
 
 The host ships only joint voxel coordinates, visibilities and flags; every heatmap, volume and label is
 built here, inside the jitted train step. All functions are pure jax.numpy, jit- and vmap-safe, loop-free
@@ -6,11 +6,11 @@ over joints, NHWC like the model, and take any leading batch axes ("..." below; 
 interface). Gaussians are evaluated in float32 and cast to `dtype` at the end, so bfloat16 targets are
 the rounded float32 ones.
 
-Coordinates are voxel units of the crop (DESIGN.md section 1): x, y in output pixels with the centre of
+Coordinates are voxel units of the crop (docs/design.md section 1): x, y in output pixels with the centre of
 pixel (i, j) at x = j, y = i; z in depth bins, bin d covering [d, d + 1). "Inside" means
 0 <= x < W, 0 <= y < H and 0 <= z < D.
 
-Which joints feed which target (decisions, also in interfaces.md):
+Which joints feed which target (decisions, also in docs/design.md section 4):
 - joint heatmaps: every visible (annotated) joint. A joint outside the crop keeps its true Gaussian
   (a partial tail or nothing at all), which is correct supervision for "no joint here", so the
   joint-heatmap mask is visibility only.
@@ -18,7 +18,7 @@ Which joints feed which target (decisions, also in interfaces.md):
 - depth-centric volume and ordinal labels: only visible joints of samples with depth that lie inside
   the crop and the depth range.
 - coord mask: x, y need visibility and a position inside the crop (and, for samples with depth, inside
-  the depth range: such a joint is not supervised at all, DESIGN.md section 1); z needs depth too.
+  the depth range: such a joint is not supervised at all, docs/design.md section 1); z needs depth too.
 
 Ordinal labels: a pixel is labelled when the largest (masked) joint Gaussian there exceeds
 `threshold` (default 0.1: within sigma * sqrt(2 ln 10) = 2.15 sigma = 4.3 px of a joint for sigma 2);
@@ -38,18 +38,9 @@ from cascaded_lift.skeleton import Skeleton
 
 Array = Any  # jax.Array (or anything jnp.asarray takes)
 
-DEFAULT_ORDINAL_THRESHOLD = 0.1
-
-# Defaults of make_stage1_targets' config keys (a config overrides any of them).
-DEFAULTS: dict[str, Any] = {
-    "sigma": 2.0,              # joint Gaussian sigma, output px (DESIGN.md section 4)
-    "bone_sigma_start": 4.0,   # bone Gaussian sigma at the start of stage 1, output px
-    "bone_sigma_end": 2.0,     # ... and at its end (paper: reduced to 2)
-    "depth_bins": 64,
-    "ordinal_threshold": DEFAULT_ORDINAL_THRESHOLD,
-    "output_stride": 4,        # heatmap size = crop size / stride when no heatmap_size is given
-    "volume_method": "scatter",
-}
+# make_stage1_targets' config keys; their values live in the configs (configs/default.py `targets`).
+CONFIG_KEYS = ("sigma", "bone_sigma_start", "bone_sigma_end", "depth_bins", "ordinal_threshold", "heatmap_size",
+               "volume_method")
 
 
 def bone_sigma(progress: Array, start: float | Array, end: float | Array) -> jax.Array:
@@ -267,7 +258,7 @@ def depth_centric_volume(coords: Array, vis: Array, has_depth: Array, size: tupl
 
 
 def ordinal_depth_labels(coords: Array, vis: Array, has_depth: Array, size: tuple[int, int], depth_bins: int,
-                         sigma: Array = 2.0, threshold: Array = DEFAULT_ORDINAL_THRESHOLD,
+                         sigma: Array = 2.0, threshold: Array = 0.1,
                          dtype: Any = jnp.float32) -> tuple[jax.Array, jax.Array]:
   """Ordinal depth targets (paper eq. 4-5) and the mask of labelled pixels.
 
@@ -284,39 +275,32 @@ def ordinal_depth_labels(coords: Array, vis: Array, has_depth: Array, size: tupl
 
 
 def _cfg(config: Any, key: str) -> Any:
-  """config[key] for a Mapping or ConfigDict, else the module default."""
-  if config is None:
-    return DEFAULTS[key]
-  if isinstance(config, Mapping) or hasattr(config, "get"):
-    value = config.get(key, None)
-  else:
-    value = getattr(config, key, None)
-  return DEFAULTS[key] if value is None else value
+  """config[key] for a Mapping or ConfigDict; KeyError naming the key when it is missing."""
+  value = None
+  if config is not None:
+    value = config.get(key, None) if hasattr(config, "get") else getattr(config, key, None)
+  if value is None:
+    raise KeyError(f"make_stage1_targets: config has no {key!r} (needs {', '.join(CONFIG_KEYS)}; the "
+                   f"training configs set them in config.targets and config.data)")
+  return value
 
 
-def _heatmap_size(batch: Mapping[str, Any], config: Any) -> tuple[int, int]:
-  size = None if config is None else (config.get("heatmap_size", None) if hasattr(config, "get")
-                                      else getattr(config, "heatmap_size", None))
-  if size is not None:
-    return _check_size((size, size) if np.ndim(size) == 0 else tuple(size))
-  if "image" in batch:
-    stride = int(_cfg(config, "output_stride"))
-    return _check_size((batch["image"].shape[-3] // stride, batch["image"].shape[-2] // stride))
-  raise ValueError("make_stage1_targets: config has no 'heatmap_size' and the batch has no 'image' to derive "
-                   "it from")
+def _heatmap_size(config: Any) -> tuple[int, int]:
+  size = _cfg(config, "heatmap_size")
+  return _check_size((size, size) if np.ndim(size) == 0 else tuple(size))
 
 
 def make_stage1_targets(batch: Mapping[str, Any], skeleton: Skeleton, config: Any = None, *,
                         progress: Array | None = None, dtype: Any = jnp.float32) -> dict[str, jax.Array]:
-  """All stage-1 targets of a batch (interfaces.md batch dict), on the device.
+  """All stage-1 targets of a batch (the batch dict of docs/design.md section 4), on the device.
 
-  Config keys (Mapping or ConfigDict; missing keys take :data:`DEFAULTS`): sigma, depth_bins,
-  ordinal_threshold, heatmap_size (int or (H, W); default crop size / output_stride), volume_method,
-  and the bone sigma: `bone_sigma` (a number or traced scalar) when present, else
-  bone_sigma(progress, bone_sigma_start, bone_sigma_end) when `progress` is given, else bone_sigma_end.
+  Config keys (Mapping or ConfigDict, all required; :data:`CONFIG_KEYS`): sigma, depth_bins,
+  ordinal_threshold, heatmap_size (int or (H, W)), volume_method, and the bone sigma: `bone_sigma` (a
+  number or traced scalar) when present, else bone_sigma(progress, bone_sigma_start, bone_sigma_end)
+  when `progress` is given, else bone_sigma_end.
 
   Args:
-    batch: needs 'joints_vox' (B, J, 3), 'joints_vis' (B, J), 'has_depth' (B,); 'image' only for its size.
+    batch: needs 'joints_vox' (B, J, 3), 'joints_vis' (B, J), 'has_depth' (B,).
     skeleton: the model's joint set (J joints; its bones are the bone channels).
     config: see above.
     progress: stage-1 training progress in [0, 1] for the bone-sigma schedule (may be traced).
@@ -339,7 +323,7 @@ def make_stage1_targets(batch: Mapping[str, Any], skeleton: Skeleton, config: An
   if vis.shape != coords.shape[:2] or has_depth.shape != coords.shape[:1]:
     raise ValueError(f"make_stage1_targets: batch['joints_vis'] {vis.shape} / batch['has_depth'] "
                      f"{has_depth.shape} do not match batch['joints_vox'] {coords.shape}")
-  size = _heatmap_size(batch, config)
+  size = _heatmap_size(config)
   depth_bins = int(_cfg(config, "depth_bins"))
   sigma = _cfg(config, "sigma")
   b_sigma = config.get("bone_sigma", None) if hasattr(config, "get") else getattr(config, "bone_sigma", None)

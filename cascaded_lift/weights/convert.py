@@ -24,7 +24,7 @@ Module correspondence (Flax path -> released name; i counts from 0 in Flax, from
 The released limb.final_layer1 and limb.bn1 are never used by its forward pass and are skipped.
 
 Layouts: conv OIHW -> HWIO; ConvTranspose2d (in, out, kh, kw) -> (kh, kw, in, out) flipped spatially
-(models/deconv.py explains why); Linear (out, in) -> (in, out); BN weight/bias -> params scale/bias,
+(cpu/layers.py explains why); Linear (out, in) -> (in, out); BN weight/bias -> params scale/bias,
 running_mean/var -> batch_stats mean/var; num_batches_tracked ignored.
 """
 
@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from flax import traverse_util
+from safetensors.numpy import load_file
 
 StateDict = Mapping[str, np.ndarray]
 Variables = Mapping[str, Any]
@@ -66,7 +67,6 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
     return dict(load_file(path))
   if path.endswith(".npz"):
     with np.load(path) as f:

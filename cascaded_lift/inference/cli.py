@@ -5,7 +5,7 @@
   cascaded-lift-predict frames/ --boxes detections.json --score-threshold 0.5 \
       --config configs/muco_mupots.py --workdir ~/runs/muco --out results/
   cascaded-lift-predict photo.jpg --box 120,40,200,380 --config configs/default.py --random-init \
-      --set model.resnet_depth=18 --set data.image_size=64 --out /tmp/smoke    # smoke test, no checkpoint
+      --config.model.resnet_depth=18 --config.data.image_size=64 --out /tmp/smoke   # smoke test, no checkpoint
   cascaded-lift-predict photo.jpg --box 120,40,200,380 --exported exported_model/ --out results/
 
 Person boxes ([x0, y0, w, h] px) come from --box (repeatable; a single image only) or a JSON file:
@@ -25,63 +25,55 @@ when --focal is given, else root-relative side by side). Images are read ignorin
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import json
 import pathlib
 import sys
 from typing import Any, Sequence
 
+import cv2
+import matplotlib
+import ml_collections
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from cascaded_lift.inference import exported as exported_lib
+from cascaded_lift.inference import host, plots
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PERSON_CATEGORY = 1
 
 
-def load_config(spec: str, overrides: Sequence[str] = ()) -> Any:
-  """A config from "path/to/config.py[:arg]" (get_config(arg)), with "key.sub=value" overrides.
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+  """The config of "path/to/config.py[:arg]" with "--config.key=value" overrides, parsed by ml_collections'
+  config_flags exactly as train.py and eval.py parse theirs (an unknown key is an error).
 
-  Values are Python literals (a bare word is a string). Overrides change existing keys only, except
-  under `model`, whose keys are CascadedLiftNet constructor arguments (e.g. model.volumetric_bottlenecks).
-
-  The folder above the config file's folder goes on sys.path while it loads, so that the repository's
-  configs (`from configs import default`) import from anywhere.
+  Raises ValueError with absl's one-line message for a missing file or a bad override.
   """
-  path_str, _, arg = spec.partition(":")
-  path = pathlib.Path(path_str).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(f"--config: {path_str!r} is not a file")
-  root = str(path.resolve().parent.parent)
-  added = root not in sys.path
-  if added:
-    sys.path.insert(0, root)
+  bad = [o for o in overrides if not o.startswith("--config.")]
+  if bad:
+    raise ValueError(f"config override {bad[0]!r}: expected --config.key=value")
+  argv = ["cascaded-lift-predict", f"--config={spec}", *overrides]
+  flag_values = flags.FlagValues()
+  # sys_argv: config_flags finds the override flags in the command line it is given.
+  holder = config_flags.DEFINE_config_file("config", None, "config file", flag_values=flag_values,
+                                           lock_config=True, sys_argv=argv)
   try:
-    module_spec = importlib.util.spec_from_file_location(f"_cascaded_lift_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
-  finally:
-    if added:
-      sys.path.remove(root)
-  for item in overrides:
-    key, sep, text = item.partition("=")
-    if not sep:
-      raise ValueError(f"--set {item!r}: expected key=value")
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = text  # a bare string
-    *parents, leaf = key.split(".")
-    node = config
-    try:
-      for p in parents:
-        node = node[p]
-      if leaf not in node and parents != ["model"]:  # model.*: any CascadedLiftNet constructor argument
-        raise KeyError(leaf)
-      node[leaf] = value
-    except (KeyError, TypeError, AttributeError) as e:
-      raise ValueError(f"--set {item!r}: cannot set {key!r} in the config ({type(e).__name__}: {e})") from None
-  return config
+    flag_values(argv)
+    return holder.value
+  except (KeyError, AttributeError) as e:  # an override names a field the config does not have
+    if overrides:
+      base = load_config(spec)
+      for item in overrides:
+        key = item[len("--config."):].partition("=")[0]
+        node = base
+        for part in key.split("."):
+          if not hasattr(node, "keys") or part not in node:
+            raise ValueError(f"{item}: the config {spec} has no field {key!r}") from None
+          node = node[part]
+    raise ValueError(f"--config {spec}: {e}") from None
+  except (flags.Error, OSError) as e:
+    raise ValueError(f"--config {spec}: {e}") from None
 
 
 def _parse_floats(text: str, n: tuple[int, ...], name: str) -> list[float]:
@@ -161,8 +153,6 @@ def boxes_for(image: pathlib.Path, table: dict[Any, list],
 
 def save_overlay(path: pathlib.Path, image_rgb: np.ndarray, people: Sequence[Any], skeleton: Any) -> None:
   """The image with each person's box (grey) and 2D skeleton."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  from cascaded_lift import viz  # pylint: disable=g-import-not-at-top
   out = np.ascontiguousarray(image_rgb[..., ::-1])
   thickness = max(1, round(max(image_rgb.shape[:2]) / 400))
   for i, p in enumerate(people):
@@ -171,32 +161,30 @@ def save_overlay(path: pathlib.Path, image_rgb: np.ndarray, people: Sequence[Any
                   (160, 160, 160), 1)
     cv2.putText(out, str(i), (int(round(x0)) + 2, int(round(y0)) + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                 (160, 160, 160), 1, cv2.LINE_AA)
-    out = viz.draw_skeleton(out, p.joints_2d, skeleton, thickness=thickness)
+    out = plots.draw_skeleton(out, p.joints_2d, skeleton, thickness=thickness)
   if not cv2.imwrite(str(path), out):
     raise OSError(f"cannot write {str(path)!r}")
 
 
 def save_plot_3d(path: pathlib.Path, people: Sequence[Any], skeleton: Any, max_people: int = 6) -> None:
   """3D poses: all people in one camera-space plot when available, else root-relative side by side."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from cascaded_lift import viz  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (after choosing the backend)
   camera = all(p.pose_3d_cam is not None for p in people)
   if camera:
     fig = plt.figure(figsize=(5, 5))
     ax = fig.add_subplot(1, 1, 1, projection="3d")
     for p in people:
-      viz.plot_pose_3d(ax, p.pose_3d_cam, skeleton)
-    viz.set_equal_3d(ax, [p.pose_3d_cam for p in people])
+      plots.plot_pose_3d(ax, p.pose_3d_cam, skeleton)
+    plots.set_equal_3d(ax, [p.pose_3d_cam for p in people])
     ax.set_title(f"{len(people)} people, camera frame (mm)")
   else:
     shown = people[:max_people]
     fig = plt.figure(figsize=(4 * len(shown), 4))
     for i, p in enumerate(shown):
       ax = fig.add_subplot(1, len(shown), i + 1, projection="3d")
-      viz.plot_pose_3d(ax, p.pose_3d, skeleton)
-      viz.set_equal_3d(ax, [p.pose_3d])
+      plots.plot_pose_3d(ax, p.pose_3d, skeleton)
+      plots.set_equal_3d(ax, [p.pose_3d])
       ax.set_title(f"person {i}, root-relative (mm)")
   fig.tight_layout()
   fig.savefig(path, dpi=80)
@@ -208,13 +196,12 @@ def _parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("input", help="an image file or a folder of images")
   p.add_argument("--out", required=True, help="output folder (created)")
-  p.add_argument("--config", help="training config file[:arg], e.g. configs/h36m.py:protocol=1")
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="config override, e.g. model.resnet_depth=18 (repeatable)")
+  p.add_argument("--config", help="training config file[:arg], e.g. configs/h36m.py:protocol=1; fields are "
+                 "overridden as with train.py: --config.model.resnet_depth=18 (repeatable)")
   model = p.add_mutually_exclusive_group(required=True)
   model.add_argument("--workdir", help="training workdir with checkpoints/ (latest checkpoint unless --step)")
   model.add_argument("--random-init", action="store_true", help="random weights: a smoke test of the pipeline")
-  model.add_argument("--exported", help="a folder written by cascaded_lift.export.export_predictor")
+  model.add_argument("--exported", help="a folder written by cascaded_lift.inference.export.export_predictor")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
   p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
   p.add_argument("--boxes", help="JSON file of person boxes (see above)")
@@ -231,15 +218,18 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _make_predictor(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def _make_predictor(args: argparse.Namespace, overrides: Sequence[str]) -> tuple[Any, dict[str, Any]]:
   if args.exported:
-    from cascaded_lift import export  # pylint: disable=g-import-not-at-top
-    return export.load_exported(args.exported, args.max_batch), {"exported": str(args.exported)}
+    if overrides:
+      raise ValueError(f"{overrides[0]}: an exported model takes no config overrides")
+    return exported_lib.load_exported(args.exported, args.max_batch), {"exported": str(args.exported)}
   if not args.config:
     raise ValueError("--config is required with --workdir / --random-init")
-  from cascaded_lift import inference  # pylint: disable=g-import-not-at-top
-  config = load_config(args.config, args.set)
-  info = {"config": args.config, "overrides": list(args.set)}
+  config = load_config(args.config, overrides)
+  # The live model needs Flax and the model code; an exported one runs without them, so they are
+  # imported only on this path (tests check that --exported never loads them).
+  from cascaded_lift.inference import predictor as inference  # pylint: disable=g-import-not-at-top
+  info = {"config": args.config, "overrides": list(overrides)}
   if args.random_init:
     return (inference.Predictor.random_init(config, args.seed, max_batch=args.max_batch),
             dict(info, random_init=True, seed=args.seed))
@@ -248,10 +238,12 @@ def _make_predictor(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+  args, unknown = _parser().parse_known_args(argv)
   prog = "cascaded-lift-predict"
+  overrides = [a for a in unknown if a.startswith("--config.")]
+  if len(overrides) != len(unknown):
+    _parser().error(f"unrecognized arguments: {' '.join(a for a in unknown if a not in overrides)}")
   try:
-    from cascaded_lift import inference  # pylint: disable=g-import-not-at-top
     source = pathlib.Path(args.input).expanduser()
     images = list_images(source)
     if args.box and args.boxes:
@@ -266,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     principal = _parse_floats(args.principal, (2,), "--principal") if args.principal else None
     if focal is None and (principal is not None or args.root_depth is not None):
       raise ValueError("--principal / --root-depth need --focal")
-    predictor, model_info = _make_predictor(args)
+    predictor, model_info = _make_predictor(args, overrides)
   except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
     print(f"{prog}: error: {e}", file=sys.stderr)
     return 2
@@ -284,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       continue
     stem = path.stem if stems.count(path.stem) == 1 else path.name.replace(".", "_")
     try:
-      image = inference.read_image(path)
+      image = host.read_image(path)
       people = predictor.predict(image, [b for b, _ in entries], focal=focal, principal=principal,
                                  root_depth=args.root_depth, flip_test=not args.no_flip_test,
                                  camera_pose=args.camera_pose)

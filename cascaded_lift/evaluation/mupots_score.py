@@ -1,4 +1,4 @@
-"""MuPoTS-3D multi-person evaluation (DESIGN.md section 7), in the manner of the dataset's MATLAB script.
+"""MuPoTS-3D multi-person evaluation (docs/design.md section 7), in the manner of the dataset's MATLAB script.
 
 Per frame, the annotated people (only those with is_valid) are matched to the predicted people by 2D
 joint proximity. Each matched prediction is made root-relative (Pelvis) and rescaled to the ground

@@ -1,0 +1,95 @@
+"""The platform policy: which layer implementations the network is built from, in one place.
+
+    model = platform.build_model(config)                 # what training, evaluation and inference use
+    ops = platform.layer_ops(config, platform="gpu")     # LayerOps for a given backend
+
+config.platform_ops:
+  "auto"      (default) the CPU forms of cascaded_lift.cpu (oneDNN kernels, 1x1 convolutions as matrix
+              products, four-phase or adjoint deconvolutions, the tap-wise max-pool gradient) when the
+              backend is CPU; the standard Flax layers (nn.Conv, nn.ConvTranspose, nn.max_pool) on GPU
+              and TPU, which their compilers are tuned for.
+  "standard"  the standard layers everywhere (e.g. for a portable jax.export).
+  "cpu"       the CPU forms whatever the backend (they lower to XLA's own operations off CPU).
+config.cpu (used only when the CPU forms are chosen):
+  conv         "auto" | "onednn" | "xla"      cpu.conv_ops.KERNELS
+  kernel_grad  "auto" | "taps" | "xla"        cpu.conv_ops.KERNEL_GRADS
+  deconv       "auto" | "adjoint_conv" | "four_phase" | "depth_to_space" | "conv_transpose"
+  host_malloc  "default" | "retain"           process-wide glibc malloc options (cpu/hostmem.py),
+                                              applied by `configure_host` on a CPU backend only
+Both forms hold the same parameters under the same names, so a checkpoint is independent of the
+choice (docs/design.md section 9). The choice is made from the config when the model is built, never
+from module state read at trace time.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import jax
+
+from cascaded_lift.cpu import hostmem
+from cascaded_lift.cpu import layers as cpu_layers
+from cascaded_lift.models import build as model_build
+from cascaded_lift.models.cascade import CascadedLiftNet
+from cascaded_lift.models.ops import STANDARD_OPS, LayerOps
+
+PLATFORM_OPS = ("auto", "standard", "cpu")
+
+
+def _cpu_config(config: Any) -> dict[str, Any]:
+  cpu = config.get("cpu", None)
+  return dict(cpu) if cpu is not None else {}
+
+
+def uses_cpu_forms(config: Any, platform: str | None = None) -> bool:
+  """Whether config.platform_ops picks the CPU forms on `platform` (default: JAX's default backend)."""
+  choice = config.get("platform_ops", "auto")
+  if choice not in PLATFORM_OPS:
+    raise ValueError(f"config.platform_ops must be one of {PLATFORM_OPS}, got {choice!r}")
+  platform = (platform or jax.default_backend()).lower()
+  return choice == "cpu" or (choice == "auto" and platform == "cpu")
+
+
+def layer_ops(config: Any, platform: str | None = None) -> LayerOps:
+  """The LayerOps of config.platform_ops on `platform` ("cpu", "gpu", "tpu"; default: the backend)."""
+  cpu = _cpu_config(config)
+  settings = (cpu.get("conv", "auto"), cpu.get("kernel_grad", "auto"), cpu.get("deconv", "auto"))
+  cpu_layers.check_settings(*settings)  # on every platform: a typo shows up where it is made
+  if not uses_cpu_forms(config, platform):
+    return STANDARD_OPS
+  return cpu_layers.cpu_ops(*settings)
+
+
+def build_model(config: Any, platform: str | None = None) -> CascadedLiftNet:
+  """models.build.build_model with the LayerOps of the policy (module docstring)."""
+  return model_build.build_model(config, layer_ops(config, platform))
+
+
+def configure_host(config: Any, platform: str | None = None) -> bool:
+  """Applies config.cpu.host_malloc on a CPU backend (before the backend starts its threads).
+
+  Returns True when glibc's options were changed. Never touches GPU or TPU hosts.
+  """
+  mode = _cpu_config(config).get("host_malloc", "default")
+  if mode not in hostmem.MODES:
+    raise ValueError(f"config.cpu.host_malloc must be one of {hostmem.MODES}, got {mode!r}")
+  platform = (platform or _backend_without_starting_it()).lower()
+  if platform != "cpu" or mode == "default":
+    return False
+  return hostmem.configure(mode)
+
+
+def _backend_without_starting_it() -> str:
+  """The platform JAX will use, from JAX_PLATFORMS or the installed plug-ins, without starting a backend.
+
+  Starting one would start its thread pools (and their malloc arenas) before the options are set.
+  """
+  requested = jax.config.jax_platforms or ""
+  if requested:
+    return requested.split(",")[0].strip()
+  if importlib.util.find_spec("libtpu") is not None:
+    return "tpu"
+  if importlib.util.find_spec("jax_plugins") is not None:  # jax's CUDA / ROCm plug-ins live there
+    return "gpu"
+  return "cpu"

@@ -1,0 +1,1 @@
+"""PyTorch weights: ImageNet ResNets (torchvision names) and the authors' released checkpoints (convert.py)."""
