@@ -9,6 +9,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cascaded_lift import errors
 from cascaded_lift.evaluation.evaluate import evaluate
 from cascaded_lift.training.writers import quiet_library_logs
 
@@ -23,7 +24,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
-  results = evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value)
+  results = errors.run_reporting_user_errors(
+      "eval.py", lambda: evaluate(_CONFIG.value, _WORKDIR.value, step=_STEP.value))
   for key, value in results.items():
     if not isinstance(value, dict):
       print(f"{key}: {value}")
@@ -34,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.flags_parser("eval.py"))

@@ -9,6 +9,7 @@ Re-running with the same --workdir resumes from its latest checkpoint.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cascaded_lift import errors
 from cascaded_lift.experiment import train_and_evaluate
 from cascaded_lift.training.loop import NonFiniteLossError
 from cascaded_lift.training.writers import quiet_library_logs
@@ -23,7 +24,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
   try:
-    results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = errors.run_reporting_user_errors("train.py", lambda: train_and_evaluate(_CONFIG.value, _WORKDIR.value))
   except NonFiniteLossError as e:
     logging.error("%s", e)
     raise SystemExit(1) from None
@@ -33,4 +34,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=errors.flags_parser("train.py"))

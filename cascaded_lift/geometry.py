@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cascaded_lift._backend import array_namespace
+from cascaded_lift._backend import array_namespace, is_jax_array
 
 Array = Any
 
@@ -46,6 +46,20 @@ def camera_center_to_translation(R: Array, center: Array) -> Array:
   return -xp.einsum("...ij,...j->...i", R, center)
 
 
+def check_intrinsics(f: Array, c: Array, name: str) -> None:
+  """ValueError naming `name` when concrete (NumPy) intrinsics are not finite, or a focal length is not
+  positive (a negative one mirrors the image, zero divides by it). Traced (jit) values are not checked."""
+  if is_jax_array(f) or is_jax_array(c):
+    return
+  f, c = np.asarray(f, np.float64), np.asarray(c, np.float64)
+  if f.shape[-1:] != (2,) or c.shape[-1:] != (2,):
+    raise ValueError(f"{name}: f and c must be (..., 2) pixel values, got shapes {f.shape} and {c.shape}")
+  if not (np.all(np.isfinite(f)) and np.all(np.isfinite(c))):
+    raise ValueError(f"{name}: focal length and principal point must be finite, got f {f.tolist()}, c {c.tolist()}")
+  if np.any(f <= 0):
+    raise ValueError(f"{name}: focal lengths must be positive pixels, got f {f.tolist()}")
+
+
 def camera_to_pixel(points: Array, f: Array, c: Array, k: Array | None = None,
                     p: Array | None = None) -> Array:
   """Projects camera-frame points to pixels, optionally with Human3.6M's lens distortion.
@@ -63,6 +77,7 @@ def camera_to_pixel(points: Array, f: Array, c: Array, k: Array | None = None,
   Returns:
     (..., N, 2) pixel coordinates.
   """
+  check_intrinsics(f, c, "camera_to_pixel")
   xp = array_namespace(points, f, c, *(a for a in (k, p) if a is not None))
   xy = points[..., :2] / points[..., 2:3]
   if k is not None or p is not None:
@@ -88,6 +103,7 @@ def pixel_to_camera(uvz: Array, f: Array, c: Array) -> Array:
     uvz: (..., N, 3) pixel coordinates and depth in mm.
     f, c: (..., 2) focal length and principal point in px.
   """
+  check_intrinsics(f, c, "pixel_to_camera")
   xp = array_namespace(uvz, f, c)
   z = uvz[..., 2:3]
   xy = (uvz[..., :2] - c[..., None, :]) / f[..., None, :] * z

@@ -61,6 +61,9 @@ def _as_mask(mask: Array | None, n: int, j: int, name: str) -> np.ndarray:
   if mask is None:
     return np.ones((n, j), dtype=bool)
   mask = np.asarray(mask)
+  if mask.dtype != bool and not np.all(np.isin(mask, (0, 1))):
+    raise ValueError(f"{name}: mask must hold only 0/1 or booleans (valid joints/samples), got values "
+                     f"{np.unique(mask)[:5].tolist()}")
   if mask.shape == (n,):
     return np.repeat(mask.astype(bool)[:, None], j, axis=1)
   if mask.shape == (n, j):
@@ -114,9 +117,11 @@ def procrustes_align(pred: Array, gt: Array, mask: Array | None = None, scale: b
   n, j, c = pred.shape
   w = _as_mask(mask, n, j, "procrustes_align").astype(np.float64)[..., None]  # (N, J, 1)
   count = np.maximum(w.sum(axis=1, keepdims=True), 1.0)
-  mu_p = (w * pred).sum(axis=1, keepdims=True) / count
-  mu_g = (w * gt).sum(axis=1, keepdims=True) / count
-  p0, g0 = pred - mu_p, gt - mu_g
+  # The fit sees only valid joints: an excluded joint's value (even NaN) must not reach the sums.
+  fit_p, fit_g = np.where(w > 0, pred, 0.0), np.where(w > 0, gt, 0.0)
+  mu_p = (w * fit_p).sum(axis=1, keepdims=True) / count
+  mu_g = (w * fit_g).sum(axis=1, keepdims=True) / count
+  p0, g0 = fit_p - mu_p, fit_g - mu_g
   h = np.einsum("nji,njk->nik", w * p0, g0)  # (N, C, C)
   u, s, vt = np.linalg.svd(h)
   d = np.ones((n, c))
@@ -128,15 +133,16 @@ def procrustes_align(pred: Array, gt: Array, mask: Array | None = None, scale: b
     sc = np.where(var_p > 0, (d * s).sum(axis=1) / np.where(var_p > 0, var_p, 1.0), 0.0)
   else:
     sc = np.ones(n)
-  return sc[:, None, None] * np.einsum("nji,nik->njk", p0, rot) + mu_g
+  return sc[:, None, None] * np.einsum("nji,nik->njk", pred - mu_p, rot) + mu_g
 
 
 def scale_align(pred: Array, gt: Array, mask: Array | None = None) -> np.ndarray:
   """pred times its per-sample least-squares scale s = sum m <p, g> / sum m |p|^2 (valid joints m)."""
   pred, gt = _as_poses(pred, gt, "scale_align")
   w = _as_mask(mask, *pred.shape[:2], "scale_align").astype(np.float64)[..., None]
-  num = (w * pred * gt).sum(axis=(1, 2))
-  den = (w * pred * pred).sum(axis=(1, 2))
+  fit_p, fit_g = np.where(w > 0, pred, 0.0), np.where(w > 0, gt, 0.0)  # excluded joints (even NaN) stay out
+  num = (w * fit_p * fit_g).sum(axis=(1, 2))
+  den = (w * fit_p * fit_p).sum(axis=(1, 2))
   s = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
   return s[:, None, None] * pred
 

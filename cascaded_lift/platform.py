@@ -29,6 +29,7 @@ from typing import Any
 import jax
 
 from cascaded_lift.cpu import hostmem
+from cascaded_lift.errors import ConfigError
 from cascaded_lift.cpu import layers as cpu_layers
 from cascaded_lift.models import build as model_build
 from cascaded_lift.models.cascade import CascadedLiftNet
@@ -46,7 +47,7 @@ def uses_cpu_forms(config: Any, platform: str | None = None) -> bool:
   """Whether config.platform_ops picks the CPU forms on `platform` (default: JAX's default backend)."""
   choice = config.get("platform_ops", "auto")
   if choice not in PLATFORM_OPS:
-    raise ValueError(f"config.platform_ops must be one of {PLATFORM_OPS}, got {choice!r}")
+    raise ConfigError(f"config.platform_ops must be one of {PLATFORM_OPS}, got {choice!r}")
   platform = (platform or jax.default_backend()).lower()
   return choice == "cpu" or (choice == "auto" and platform == "cpu")
 
@@ -73,7 +74,7 @@ def configure_host(config: Any, platform: str | None = None) -> bool:
   """
   mode = _cpu_config(config).get("host_malloc", "default")
   if mode not in hostmem.MODES:
-    raise ValueError(f"config.cpu.host_malloc must be one of {hostmem.MODES}, got {mode!r}")
+    raise ConfigError(f"config.cpu.host_malloc must be one of {hostmem.MODES}, got {mode!r}")
   platform = (platform or _backend_without_starting_it()).lower()
   if platform != "cpu" or mode == "default":
     return False

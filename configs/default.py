@@ -56,7 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
       augment=dict(rotation=0.0)))  # the lifter learns from crop boxes; in-plane rotation would bias it
 
   c.init = ml_collections.ConfigDict(dict(backbone_weights=""))  # ImageNet ResNet (.safetensors/.npz/.pth)
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, max_to_keep=3, async_save=True))
+  # on_damaged: "error" (stop, naming the damaged step) or "previous" (move it aside, resume from the one
+  # before); training/loop.py says why "error" is the default.
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, max_to_keep=3, async_save=True, on_damaged="error"))
+  # Fields that may differ from the run's saved config when resuming (comma-separated keys or prefixes,
+  # e.g. "stage2.num_steps"); changes to the model or crop geometry are refused whatever this says.
+  c.resume = ml_collections.ConfigDict(dict(allow_changes=""))
   c.log_every_steps = 50
   c.progress_bar = True
   # Which layer implementations the network is built from (cascaded_lift/platform.py): "auto" = the

@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
+import shutil
 import sys
-from typing import Sequence
+import tempfile
+from typing import Any, Sequence
 
 import tensorflow_datasets as tfds
 
 from cascaded_lift import datasets
+from cascaded_lift import errors
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,8 @@ def build(name: str, config: str | None = None, manual_dir: str | os.PathLike | 
     config: BuilderConfig name; None = the builder's default.
     manual_dir: where the user unpacked the dataset (real datasets); None for synthetic.
     data_dir: TFDS data directory; None = TFDS's default (~/tensorflow_datasets).
-    overwrite: rebuild even when the prepared files exist.
+    overwrite: rebuild even when the prepared files exist; the rebuild is written aside and replaces the
+      old files only when it is complete (a failed rebuild keeps the old dataset).
     progress: show TFDS's progress bars.
   Returns:
     The prepared builder.
@@ -53,13 +58,37 @@ def build(name: str, config: str | None = None, manual_dir: str | os.PathLike | 
   if not progress:
     tfds.disable_progress_bar()
   builder = datasets.get_builder(name, config=config, data_dir=data_dir)
-  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
+  if overwrite and builder.is_prepared():
+    builder = _rebuild_aside(name, config, manual_dir, builder)
+  else:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
   log.info("%s/%s prepared in %s: %s", name, builder.builder_config.name if builder.builder_config else "",
            builder.data_dir, {k: v.num_examples for k, v in builder.info.splits.items()})
   return builder
+
+
+def _rebuild_aside(name: str, config: str | None, manual_dir: str | None, old: Any) -> Any:
+  """Rebuilds a prepared dataset in a temporary data_dir beside it and swaps it in only when complete.
+
+  TFDS itself deletes the prepared folder before it regenerates; here a rebuild that fails (broken
+  source files, a full disk, an interrupt) leaves the previous dataset exactly as it was.
+  """
+  target = pathlib.Path(old.data_dir)                       # <data_dir>/<name>/<config>/<version>
+  root = target.parents[2] if old.builder_config else target.parents[1]
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".rebuild-{name}-", dir=root))
+  try:
+    builder = datasets.get_builder(name, config=config, data_dir=str(staging))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    built = pathlib.Path(builder.data_dir)
+    previous = target.with_name(target.name + f".previous-{os.getpid()}")
+    os.replace(target, previous)   # two renames on one file system: the old set stays whole until the
+    os.replace(built, target)      # new one is in place
+    shutil.rmtree(previous)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return datasets.get_builder(name, config=config, data_dir=str(root))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     builder = build(args.name, config=args.config, manual_dir=args.manual_dir, data_dir=args.data_dir,
                     overwrite=args.overwrite)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"cascaded-lift-build: error: {e}", file=sys.stderr)
-    return 1
+  except (*errors.USER_ERRORS, KeyError, ValueError) as e:  # unknown names; a builder's bad-input errors name the file
+    print(f"cascaded-lift-build: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return errors.EXIT_USER_ERROR
   for split, info in builder.info.splits.items():
     print(f"{split}: {info.num_examples} examples")
   print(f"written to {builder.data_dir}")

@@ -2,11 +2,17 @@
 
 import os
 import pathlib
+import tempfile
 
 import pytest
 
 # Tests see one CPU device unless a test asks for more in a subprocess.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent compilation cache for the test processes and the train.py / eval.py runs they start:
+# the many subprocess runs of the tiny config compile the same programs (entries are keyed by the
+# program and the JAX version, so a stale entry is never used).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"cascaded_lift_test_jax_cache_{os.getuid()}"))
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 

@@ -124,3 +124,16 @@ def test_crop_transform_batched_jit_matches_numpy():
   ref = np.stack([g.crop_transform(boxes[i], (256, 256), scale[i], rot[i], flip[i]) for i in range(4)])
   got = jax.jit(lambda b, s, r, f: g.crop_transform(b, (256, 256), s, r, f))(boxes, scale, rot, flip)
   np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("fn", [g.pixel_to_camera, g.camera_to_pixel])
+def test_bad_intrinsics_are_named(fn):
+  pts = np.array([[[10.0, 20.0, 3000.0]]])
+  c = np.array([[320.0, 240.0]])
+  for f, match in ((np.array([[-500.0, 500.0]]), "focal lengths must be positive"),
+                   (np.array([[0.0, 500.0]]), "focal lengths must be positive"),
+                   (np.array([[np.nan, 500.0]]), "focal length and principal point must be finite"),
+                   (np.array([[500.0]]), r"f and c must be \(\.\.\., 2\)")):
+    with pytest.raises(ValueError, match=f"{fn.__name__}: {match}"):
+      fn(pts, f, c)
+  fn(pts, np.array([[500.0, 500.0]]), c)  # valid intrinsics pass

@@ -57,7 +57,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 # What the installed-from-outside subpackages may import from the library.
 ALLOWED = {
     "datasets": ("cascaded_lift.datasets", "cascaded_lift.skeleton", "cascaded_lift.geometry",
-                 "cascaded_lift.data.schema"),
+                 "cascaded_lift.data.schema", "cascaded_lift.errors"),
     "configs": ("cascaded_lift.configs", "cascaded_lift.data.config"),
 }
 

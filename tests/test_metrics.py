@@ -205,3 +205,28 @@ def test_action_table_layout():
   assert cells[-2] == "20.0" and cells[-1] == "23.3"  # (10 + 30) / 2 and (10 + 20 + 40) / 3
   plain = m.format_action_table({"MPJPE": res}, markdown=False, short_names=False)
   assert "WalkTogether" in plain.splitlines()[0] and "|" not in plain
+
+
+@pytest.mark.parametrize("fn", [m.mpjpe, m.pa_mpjpe, m.rigid_pa_mpjpe, m.n_mpjpe, m.pck3d, m.auc3d])
+def test_masked_non_finite_values_change_no_metric(fn):
+  rng = np.random.default_rng(3)
+  gt = rng.normal(size=(4, 17, 3)) * 300.0
+  pred = gt + rng.normal(size=gt.shape) * 40.0
+  mask = np.ones((4, 17), bool)
+  mask[1, 3] = False   # one joint
+  mask[2] = False      # a whole sample
+  bad_pred, bad_gt = pred.copy(), gt.copy()
+  bad_pred[1, 3], bad_pred[2] = np.nan, np.nan
+  bad_gt[1, 3] = np.inf
+  want = fn(pred, gt, mask)
+  assert np.isfinite(want)
+  assert fn(bad_pred, bad_gt, mask) == pytest.approx(want, rel=1e-12)
+  per_sample = fn(bad_pred, bad_gt, mask, per_sample=True)
+  np.testing.assert_allclose(per_sample[[0, 1, 3]], fn(pred, gt, mask, per_sample=True)[[0, 1, 3]], rtol=1e-12)
+  assert np.isnan(per_sample[2])  # no valid joint in that sample
+
+
+def test_mask_values_other_than_zero_and_one_are_refused():
+  pose = np.zeros((2, 17, 3))
+  with pytest.raises(ValueError, match="mpjpe: mask must hold only 0/1"):
+    m.mpjpe(pose, pose, np.full((2, 17), 0.5))

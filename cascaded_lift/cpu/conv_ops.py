@@ -38,6 +38,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cascaded_lift.cpu.kernels import onednn
+from cascaded_lift.errors import ConfigError
 
 _DN = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -55,9 +56,9 @@ _TAPS_MIN_CHANNEL_PRODUCT = 128 * 128
 def check_modes(kernels: str, kernel_grad: str = "auto") -> None:
   """ValueError naming the setting when `kernels` or `kernel_grad` is not one of the known values."""
   if kernels not in KERNELS:
-    raise ValueError(f"config.cpu.conv must be one of {KERNELS}, got {kernels!r}")
+    raise ConfigError(f"config.cpu.conv must be one of {KERNELS}, got {kernels!r}")
   if kernel_grad not in KERNEL_GRADS:
-    raise ValueError(f"config.cpu.kernel_grad must be one of {KERNEL_GRADS}, got {kernel_grad!r}")
+    raise ConfigError(f"config.cpu.kernel_grad must be one of {KERNEL_GRADS}, got {kernel_grad!r}")
 
 
 def onednn_active(dtype: Any, kernels: str = "auto") -> bool:

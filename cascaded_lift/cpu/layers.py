@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from cascaded_lift.cpu import conv_ops
+from cascaded_lift.errors import ConfigError
 from cascaded_lift.models.ops import LayerOps
 
 Dtype = Any
@@ -172,7 +173,7 @@ class CpuDeconv(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     if self.formulation not in DECONV_FORMULATIONS:
-      raise ValueError(f"config.cpu.deconv: unknown formulation {self.formulation!r}; choose one of "
+      raise ConfigError(f"config.cpu.deconv: unknown formulation {self.formulation!r}; choose one of "
                        f"{DECONV_FORMULATIONS}")
     if (_pair(self.kernel_size), _pair(self.strides), tuple(map(tuple, self.padding)), self.use_bias) != (
         (4, 4), (2, 2), ((2, 2), (2, 2)), False):
@@ -269,7 +270,7 @@ def check_settings(conv: str, kernel_grad: str, deconv: str) -> None:
   """ValueError naming the config.cpu field whose value is unknown."""
   conv_ops.check_modes(conv, kernel_grad)
   if deconv not in DECONV_FORMULATIONS:
-    raise ValueError(f"config.cpu.deconv must be one of {DECONV_FORMULATIONS}, got {deconv!r}")
+    raise ConfigError(f"config.cpu.deconv must be one of {DECONV_FORMULATIONS}, got {deconv!r}")
 
 
 @functools.cache

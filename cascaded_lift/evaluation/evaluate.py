@@ -18,6 +18,7 @@ import jax
 
 from cascaded_lift.evaluation import mupots, single_person
 from cascaded_lift.training import parallel
+from cascaded_lift.training import workdir as workdir_lib
 
 Evaluator = Callable[..., dict[str, Any]]
 EVALUATORS: dict[str, Evaluator] = {"mupots_3d": mupots.evaluate_workdir}
@@ -48,4 +49,6 @@ def evaluate(config: Any, workdir: str | pathlib.Path, variables: dict[str, Any]
     return {}
   if variables is not None:
     variables = parallel.to_host(variables)
+  else:  # the workdir's checkpoints: the config must mean what the run that wrote them meant
+    workdir_lib.check_meaning(config, workdir, "evaluate")
   return evaluator_for(config.data.eval.name)(config, workdir, variables=variables, step=step, split=split)

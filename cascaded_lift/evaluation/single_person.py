@@ -59,9 +59,9 @@ def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: dic
   """Evaluates `variables` (or the latest / `step` checkpoint of workdir) and writes workdir/eval/*."""
   workdir = pathlib.Path(workdir)
   out_dir = workdir / "eval"
-  out_dir.mkdir(parents=True, exist_ok=True)
-  if variables is None:
+  if variables is None:  # before anything is written: a mistyped workdir stays absent
     variables = restore_variables(workdir, step)
+  out_dir.mkdir(parents=True, exist_ok=True)
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
   preds = collect_predictions(config, variables, split)
   nj = skeleton.num_eval_joints

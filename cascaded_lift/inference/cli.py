@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 from typing import Any, Sequence
@@ -37,8 +38,10 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from cascaded_lift.errors import EXIT_USER_ERROR, USER_ERRORS
 from cascaded_lift.inference import exported as exported_lib
 from cascaded_lift.inference import host, plots
+from cascaded_lift.training.workdir import check_output_dir
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PERSON_CATEGORY = 1
@@ -255,15 +258,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = load_boxes(pathlib.Path(args.boxes), args.score_threshold) if args.boxes else None
     cli_boxes = [(_parse_floats(b, (4,), "--box"), None) for b in args.box]
     focal = _parse_floats(args.focal, (1, 2), "--focal") if args.focal else None
+    if focal is not None and not all(math.isfinite(v) and v > 0 for v in focal):
+      raise ValueError(f"--focal {args.focal!r}: focal lengths must be positive pixels")
     principal = _parse_floats(args.principal, (2,), "--principal") if args.principal else None
     if focal is None and (principal is not None or args.root_depth is not None):
       raise ValueError("--principal / --root-depth need --focal")
+    out_dir = check_output_dir(args.out, "--out")  # before the model loads
     predictor, model_info = _make_predictor(args, overrides)
-  except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-    print(f"{prog}: error: {e}", file=sys.stderr)
-    return 2
-  out_dir = pathlib.Path(args.out).expanduser()
-  out_dir.mkdir(parents=True, exist_ok=True)
+  except (*USER_ERRORS, ValueError, KeyError, ImportError) as e:
+    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
   stems = [p.stem for p in images]
   failed = 0
   for path in images:

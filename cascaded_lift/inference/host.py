@@ -255,6 +255,8 @@ class BasePredictor:
       raise ValueError("principal/root_depth need the focal length (focal=(fx, fy)) for camera-space output")
     if focal is not None:  # checked before the network runs
       f = _pair(focal, "focal")
+      if np.any(f <= 0):  # a negative focal length mirrors the camera frame; zero divides by it
+        raise ValueError(f"focal must be positive pixels (fx, fy), got {focal!r}")
       c = np.array([(width - 1) / 2.0, (height - 1) / 2.0]) if principal is None else _pair(principal, "principal")
       given = np.full(len(boxes), np.nan) if root_depth is None else np.asarray(root_depth, np.float64).reshape(-1)
       if given.size == 1:

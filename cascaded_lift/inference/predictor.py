@@ -26,6 +26,7 @@ from cascaded_lift.data import pipeline
 from cascaded_lift.inference import host
 from cascaded_lift.models.build import make_predict_step, variables_template
 from cascaded_lift.training.checkpoints import restore_variables
+from cascaded_lift.training.workdir import check_meaning
 
 @functools.lru_cache(maxsize=16)
 def _jitted_forward(model: Any, skeleton: skeleton_lib.Skeleton, flip_test: bool) -> Callable[..., Any]:
@@ -113,6 +114,7 @@ class Predictor(host.BasePredictor):
   def from_checkpoint(cls, config: Any, workdir: str | pathlib.Path, step: int | None = None,
                       **kwargs: Any) -> "Predictor":
     """Restores the latest (or `step`) orbax checkpoint of a training workdir; checks it against config."""
+    check_meaning(config, workdir, f"checkpoint in {str(workdir)!r}")  # crop and heatmap geometry, network
     variables = restore_variables(workdir, step)
     check_variables(config, variables, f"checkpoint in {str(workdir)!r}")
     return cls(config, variables, check=False, **kwargs)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from cascaded_lift import heatmaps
+from cascaded_lift.errors import ConfigError
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.models.cascade import CascadedLiftNet
 from cascaded_lift.models.ops import STANDARD_OPS, LayerOps
@@ -25,12 +26,12 @@ def build_model(config: Any, ops: LayerOps = STANDARD_OPS) -> CascadedLiftNet:
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
   dtype = config.get("dtype", "float32")
   if dtype not in DTYPES:
-    raise ValueError(f"config.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    raise ConfigError(f"config.dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
   model = CascadedLiftNet(num_joints=skeleton.num_joints, num_bones=skeleton.num_bones,
                           depth_bins=config.data.depth_bins, root_index=skeleton.root,
                           dtype=DTYPES[dtype], ops=ops, **dict(config.model))
   if config.data.image_size % model.resnet_output_stride:
-    raise ValueError(f"config: data.image_size {config.data.image_size} must be a multiple of "
+    raise ConfigError(f"config: data.image_size {config.data.image_size} must be a multiple of "
                      f"model.resnet_output_stride ({model.resnet_output_stride})")
   return model
 
@@ -39,7 +40,7 @@ def check_heatmap_size(config: Any, model: CascadedLiftNet) -> None:
   """Raises unless config.data.output_size (the targets' heatmap side) is what the model outputs."""
   size, want = config.data.image_size, model.output_size(config.data.image_size)
   if config.data.output_size != want:
-    raise ValueError(
+    raise ConfigError(
         f"config: data.output_size {config.data.output_size} does not fit the model: its heatmaps for "
         f"data.image_size {size} are image_size / {model.output_stride} = {want} px (model.resnet_output_stride "
         f"{model.resnet_output_stride}, model.num_deconvs {model.num_deconvs})")

@@ -11,6 +11,7 @@ run before anything after the last good checkpoint is saved.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import signal
 import time
@@ -22,12 +23,14 @@ import numpy as np
 from absl import logging
 
 from cascaded_lift import platform
+from cascaded_lift.errors import CheckpointError, ConfigError
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import pipeline as data_pipeline
 from cascaded_lift.models.build import check_heatmap_size
 from cascaded_lift.training import optim, parallel
 from cascaded_lift.training.builders import init_variables, load_pretrained
-from cascaded_lift.training.checkpoints import Checkpointer
+from cascaded_lift.training import workdir as workdir_lib
+from cascaded_lift.training.checkpoints import ON_DAMAGED, Checkpointer
 from cascaded_lift.training.step import TrainState, make_train_step
 from cascaded_lift.training.writers import MetricWriter, ProgressBar
 
@@ -106,27 +109,61 @@ def _fetch_and_check(pending: list[tuple[int, dict[str, jax.Array]]]) -> list[tu
 def train(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Runs both stages from scratch or from the latest checkpoint in `workdir`.
 
+  Process 0 holds the workdir's lock for the whole run (training/workdir.py: a second trainer is refused)
+  and keeps the run's config in workdir/config.json; a resume with a config that changes what the
+  checkpoints mean, or the training itself without config.resume.allow_changes, is refused.
   Returns the final {'params', 'batch_stats'} (replicated over the mesh).
   """
-  workdir = pathlib.Path(workdir)
-  # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
-  platform.configure_host(config)
-  parallel.maybe_initialize_distributed()
+  workdir = workdir_lib.check_output_dir(workdir, "--workdir")
+  with contextlib.ExitStack() as stack:
+    # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
+    platform.configure_host(config)
+    parallel.maybe_initialize_distributed()
+    if jax.process_index() == 0:
+      stack.enter_context(workdir_lib.WorkdirLock(workdir))
+    return _train(config, workdir)
+
+
+def _open_checkpoints(config: Any, workdir: pathlib.Path) -> tuple[Checkpointer, dict[str, Any] | None]:
+  """The checkpointer and the latest checkpoint's stage bookkeeping (None for a fresh run).
+
+  A latest checkpoint that cannot be read stops the run (CheckpointError naming it) unless
+  config.checkpoint.on_damaged = "previous": then it is moved aside (nothing deleted) and the run resumes
+  from the one before. Not the default, because the earlier state repeats work silently and a damaged
+  checkpoint usually means a storage problem the user should see.
+  """
+  on_damaged = config.checkpoint.get("on_damaged", "error")
+  if on_damaged not in ON_DAMAGED:
+    raise ConfigError(f"config.checkpoint.on_damaged must be one of {ON_DAMAGED}, got {on_damaged!r}")
+  checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
+                              async_save=config.checkpoint.async_save)
+  while checkpointer.latest_step() is not None:
+    step = checkpointer.latest_step()
+    try:
+      return checkpointer, checkpointer.restore_meta()
+    except CheckpointError:
+      if on_damaged != "previous":
+        raise
+      checkpointer.set_aside(step)
+  return checkpointer, None
+
+
+def _train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   mesh = parallel.create_mesh()
   is_chief = jax.process_index() == 0
   skeleton = skeleton_lib.get_skeleton(config.skeleton)
   model = platform.build_model(config)
   check_heatmap_size(config, model)
+  checkpointer, resume_meta = _open_checkpoints(config, workdir)
+  if is_chief:
+    workdir_lib.check_resume(config, workdir, resuming=resume_meta is not None)
   writer = MetricWriter(workdir, enabled=is_chief)
-  checkpointer = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep,
-                              async_save=config.checkpoint.async_save)
   replicated = parallel.replicated_sharding(mesh)
   rng = jax.random.key(config.seed)
   variables = init_variables(model, config, rng, replicated)
   if config.init.get("backbone_weights"):
     variables = load_pretrained(variables, config.init.backbone_weights, replicated)
 
-  resume_meta = checkpointer.restore_meta() if checkpointer.latest_step() is not None else None
   if resume_meta:
     logging.info("resuming from %s at stage %d, step %d", checkpointer.directory, resume_meta["stage"],
                  resume_meta["global_step"])

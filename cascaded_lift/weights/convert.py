@@ -64,8 +64,27 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a state dict from .safetensors or .npz (no PyTorch needed) or .pth/.pt/.tar (needs PyTorch).
 
   A .pth holding a checkpoint dict ({'network': ...}, {'state_dict': ...} or {'model': ...}) is unwrapped.
+  Raises ValueError naming the file and the first weight that holds NaN or infinite values.
   """
   path = os.fspath(path)
+  if not path.endswith((".safetensors", ".npz", ".pth", ".pt", ".tar", ".pth.tar", ".bin")):
+    raise ValueError(f"{path}: unknown weights format (use .safetensors, .npz or .pth)")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"weights file {path!r} does not exist")
+  return _check_finite(_read_state_dict(path), path)
+
+
+def _check_finite(state_dict: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+  for key, value in state_dict.items():
+    value = np.asarray(value)
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+      bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+      raise ValueError(f"{path}: weight {key!r} holds {bad} non-finite values (NaN or inf) of {value.size}; "
+                       "the file is damaged or came from a diverged run")
+  return state_dict
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
   if path.endswith(".safetensors"):
     return dict(load_file(path))
   if path.endswith(".npz"):

@@ -173,7 +173,9 @@ def test_command_line_builds(tmp_path, capsys):
   assert build_lib.main(["synthetic", "--config", "small_2d", "--data_dir", str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert "train: 32 examples" in out
-  assert build_lib.main(["no_such_dataset", "--data_dir", str(tmp_path)]) == 1
+  assert build_lib.main(["no_such_dataset", "--data_dir", str(tmp_path)]) == 2  # a user error: one line
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("cascaded-lift-build: error:") and "no_such_dataset" in err and "\n" not in err
 
 
 def test_parallel_build_writes_the_same_dataset(built, tmp_path, monkeypatch):

@@ -197,3 +197,33 @@ def test_malformed_record_is_named_by_file_and_index(tmp_path):
 
   with pytest.raises(pose_builder.RecordError, match=r"train\.json: neither annotation form"):
     _build(_corrupt(tmp_path / "e", "3dmppe", lambda data: {"people": []}), tmp_path / "e")
+
+
+def _same_records(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["image"], y["image"])
+    np.testing.assert_array_equal(x["joints_img"], y["joints_img"])
+
+
+def test_failed_rebuild_keeps_the_previous_dataset(tmp_path, capsys):
+  data_dir = tmp_path / "tfds"
+  want = _records(_build(DUMMY / "hrnet", tmp_path), "train")
+  broken = tmp_path / "broken"
+  shutil.copytree(DUMMY / "hrnet", broken)
+  (broken / "images" / "000000002.jpg").unlink()
+  with pytest.raises(FileNotFoundError, match=r"000000002\.jpg"):
+    build.build("mpii", manual_dir=broken, data_dir=data_dir, overwrite=True, progress=False)
+  kept = datasets.get_builder("mpii", data_dir=str(data_dir))
+  assert kept.is_prepared()
+  _same_records(_records(kept, "train"), want)
+  assert not list(data_dir.rglob(".rebuild-*")) and not list(data_dir.rglob("*.previous-*"))
+  # The command line: one line naming the file, exit status 2, and still nothing lost.
+  assert build.main(["mpii", "--manual_dir", str(broken), "--data_dir", str(data_dir), "--overwrite"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith("cascaded-lift-build: error:") and "000000002.jpg" in err and "\n" not in err
+  _same_records(_records(datasets.get_builder("mpii", data_dir=str(data_dir)), "train"), want)
+  # A rebuild that succeeds replaces the files.
+  rebuilt = build.build("mpii", manual_dir=DUMMY / "hrnet", data_dir=data_dir, overwrite=True, progress=False)
+  assert rebuilt.is_prepared() and pathlib.Path(rebuilt.data_dir) == pathlib.Path(kept.data_dir)
+  _same_records(_records(rebuilt, "train"), want)

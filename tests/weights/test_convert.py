@@ -255,3 +255,15 @@ def test_pth_checkpoint_with_network_key_and_spec_model_key_set(tmp_path):
                                             strict=False)
   # (PyTorch does not report a BN's missing num_batches_tracked.)
   assert set(missing) == {k for k in unused if not k.endswith("num_batches_tracked")} and not unexpected
+
+
+def test_non_finite_weights_are_refused_with_the_file_and_key(tmp_path):
+  good = {"conv1.weight": np.ones((4, 3, 7, 7), np.float32), "bn1.num_batches_tracked": np.array(3)}
+  bad = dict(good, **{"bn1.running_var": np.array([1.0, np.nan, np.inf, 2.0], np.float32)})
+  np.savez(tmp_path / "good.npz", **good)
+  np.savez(tmp_path / "bad.npz", **bad)
+  assert set(convert.load_state_dict(tmp_path / "good.npz")) == set(good)
+  with pytest.raises(ValueError, match=r"bad\.npz: weight 'bn1\.running_var' holds 2 non-finite values"):
+    convert.load_state_dict(tmp_path / "bad.npz")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    convert.load_state_dict(tmp_path / "missing.npz")

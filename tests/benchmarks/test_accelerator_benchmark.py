@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 # Modules a machine with only jax, flax, optax and torch would lack, and package layers the script must
 # not need.
 NOT_NEEDED = ("ml_collections", "tensorflow_datasets", "grain", "cv2", "orbax", "array_record",

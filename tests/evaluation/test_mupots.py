@@ -13,7 +13,7 @@ from cascaded_lift.datasets import build as build_lib
 from cascaded_lift.datasets.mupots_3d import mupots_3d_dataset_builder as mupots_builder
 from cascaded_lift.inference.cli import load_config
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DUMMY = pathlib.Path(mupots_builder.__file__).resolve().parent / "dummy_data"
 TINY = [f"--config.{s}" for s in ["skeleton=muco", "model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16",
         "model.bone_width=8", "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocess training runs
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _env(devices: int = 1, **extra: str) -> dict[str, str]:

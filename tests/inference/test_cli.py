@@ -10,7 +10,7 @@ import pytest
 
 from cascaded_lift.inference import cli as predict_cli
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
         "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",
         "model.context_bottlenecks=1", "model.joint_bottlenecks=1", "model.depth_bottlenecks=1",
@@ -105,6 +105,11 @@ def test_errors(fixtures_dir, tmp_path, capsys):
   assert "data.nope" in capsys.readouterr().err
   assert predict_cli.main([str(tmp_path / "nothing.jpg"), "--boxes", str(annotations)] + base) == 2
   assert "does not exist" in capsys.readouterr().err
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  assert predict_cli.main([str(images / "000000000785.jpg"), "--box", "1,1,5,5", "--out", str(a_file)]
+                          + MODEL_ARGS + _sets()) == 2
+  assert "--out" in capsys.readouterr().err
 
 
 def test_load_config_file_with_argument_and_overrides():

@@ -15,7 +15,7 @@ from cascaded_lift.inference import export, exported, host  # noqa: E402
 from cascaded_lift.inference import predictor as inference  # noqa: E402
 from cascaded_lift.inference.cli import load_config  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = [f"--config.{s}" for s in ["model.resnet_depth=18", "model.resnet_width=8", "model.head_width=16", "model.bone_width=8",
         "model.lifter_width=32", "model.lifter_blocks=1", "model.lifter_layers_per_block=2",
         "data.image_size=64", "data.depth_bins=8"]]
