@@ -44,12 +44,13 @@ setup(
         "matplotlib",
         "safetensors",
         "flatbuffers",  # jax.export serialization (cascaded_lift.inference.export)
-        # oneDNN 3.x on GNU OpenMP for the CPU convolution kernels (cascaded_lift/cpu/kernels/onednn.py):
-        # the library and its headers, installed under the environment's prefix.
-        "onednn-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
-        "onednn-devel-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
+        # The XLA:CPU plug-in's oneDNN 3.x on GNU OpenMP (cascaded_lift/cpu/kernels/onednn.py): the library
+        # and its headers, under the environment's prefix. An extra, because GPU and TPU hosts never use it
+        # (cascaded_lift.platform picks the standard layers there); CPU training wants it (README).
+        "cpu": ["onednn-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
+                "onednn-devel-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "test": ["pytest", "pytest-xdist", "import-linter"],
         "torch": ["torch"],
     },

@@ -87,8 +87,26 @@ def timed(fn: Callable[[], Any], steps: int, warmup: int) -> float:
 
 
 def bench_loss(out: dict[str, Any]) -> jax.Array:
+  """The benchmark's loss, in float32 (module docstring)."""
   loss = sum(jnp.mean(jnp.square(out[k].astype(jnp.float32))) for k in MAP_KEYS)
   return loss + jnp.mean(jnp.abs(out["coords"])) + jnp.mean(jnp.abs(out["pose_3d"]))
+
+
+def make_train_step(model: CascadedLiftNet, tx: optax.GradientTransformation) -> Callable[..., Any]:
+  """The benchmarked step (un-jitted): ((params, batch_stats, opt_state), images, boxes) -> (new state,
+  loss), with BatchNorm batch statistics, bench_loss and one optimizer update. bench_model.py uses it too."""
+
+  def loss_fn(params, stats, im, bx):
+    out, updates = model.apply({"params": params, "batch_stats": stats}, im, bx, train=True, mutable=["batch_stats"])
+    return bench_loss(out), updates["batch_stats"]
+
+  def train_step(state, im, bx):
+    params, stats, opt_state = state
+    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, im, bx)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), stats, opt_state), loss
+
+  return train_step
 
 
 def _flops(compiled: Any) -> float | None:
@@ -115,16 +133,7 @@ def jax_modes(cfg: dict[str, Any], variables: dict[str, Any], ops: LayerOps, dty
   tx = optax.adam(1e-4)
   out: dict[str, dict[str, Any]] = {}
   if "train" in modes:
-    def loss_fn(params, stats, im, bx):
-      o, upd = model.apply({"params": params, "batch_stats": stats}, im, bx, train=True, mutable=["batch_stats"])
-      return bench_loss(o), upd["batch_stats"]
-
-    def step(state, im, bx):
-      params, stats, opt = state
-      (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, im, bx)
-      updates, opt = tx.update(grads, opt, params)
-      return (optax.apply_updates(params, updates), stats, opt), loss
-
+    step = make_train_step(model, tx)
     # Copies: the step donates its state, and the inference mode still needs the variables.
     state = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"], tx.init(variables["params"])))
     t0 = time.perf_counter()

@@ -67,6 +67,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from accelerator import MAP_KEYS, make_train_step  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 from cascaded_lift.weights import convert  # noqa: E402
 from cascaded_lift import heatmaps  # noqa: E402
@@ -74,7 +75,6 @@ from cascaded_lift import skeleton as sk  # noqa: E402
 from cascaded_lift.models import CascadedLiftNet  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-MAP_KEYS = ("bone_heatmaps", "joint_heatmaps", "depth_volume", "ordinal_logits", "joint_volumes")
 # A narrow variant for quick runs (the test suite's TINY): ResNet-50 blocks, one per stage, width 8.
 TINY = dict(num_joints=18, num_bones=16, depth_bins=8, resnet_depth=50, resnet_width=8,
             resnet_stage_sizes=(1, 1, 1, 1), head_width=32, bone_width=16, lifter_width=64, lifter_blocks=2)
@@ -132,33 +132,10 @@ def jax_variables(model: CascadedLiftNet, net, size: int) -> dict[str, Any]:
                                               "batch_stats": variables["batch_stats"]})
 
 
-def bench_loss(out: dict[str, Any], xp=jnp) -> Any:
-  """The benchmark's loss, in float32: see the module docstring. xp is jnp (JAX) or None (torch)."""
-  if xp is None:  # torch tensors
-    loss = sum(out[k].float().square().mean() for k in MAP_KEYS)
-    return loss + out["coords"].float().abs().mean() + out["pose_3d"].float().abs().mean()
-  loss = sum(jnp.mean(jnp.square(out[k].astype(jnp.float32))) for k in MAP_KEYS)
-  return loss + jnp.mean(jnp.abs(out["coords"])) + jnp.mean(jnp.abs(out["pose_3d"]))
-
-
-# ----------------------------------------------------------------------------- JAX contenders
-
-def make_train_step(model: CascadedLiftNet, tx: optax.GradientTransformation):
-  """The benchmarked step: ((params, batch_stats, opt_state), images, boxes) -> (new state, loss), with
-  BatchNorm batch statistics, the bench_loss and one optimizer update (un-jitted)."""
-
-  def loss_fn(params, batch_stats, im, bx):
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, im, bx, train=True,
-                               mutable=["batch_stats"])
-    return bench_loss(out), updates["batch_stats"]
-
-  def train_step(state, im, bx):
-    params, batch_stats, opt_state = state
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, im, bx)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-  return train_step
+def torch_bench_loss(out: dict[str, Any]) -> Any:
+  """accelerator.bench_loss for torch tensors (float32)."""
+  loss = sum(out[k].float().square().mean() for k in MAP_KEYS)
+  return loss + out["coords"].float().abs().mean() + out["pose_3d"].float().abs().mean()
 
 
 def make_forward(model: CascadedLiftNet):
@@ -267,7 +244,7 @@ def torch_programs(net, images: np.ndarray, boxes: np.ndarray, modes: list[str],
     opt.zero_grad(set_to_none=True)
     with autocast():
       out = model(x, bx)
-      loss = bench_loss(out, xp=None)
+      loss = torch_bench_loss(out)
     loss.backward()
     opt.step()
     return loss

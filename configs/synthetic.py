@@ -8,8 +8,8 @@ with C5 at stride 16, 96x96 crops, one deconv to 12x12 maps, 16 depth bins) thro
 (2400 + 2500 steps), then writes eval/metrics.json and plots. Compare mpjpe with mean_pose_mpjpe (the
 error of always predicting the training mean pose) in metrics.json to see how much it learned.
 
-Measured (2-core CPU, 2026-11-25): 6 min 43 s including the dataset build; MPJPE 143.1 mm,
-PA-MPJPE 115.7 mm, 3DPCK 64.4 % against a mean pose of 294.6 mm (ratio 0.49).
+Measured (2-core CPU): 6 min 49 s to 7 min 36 s including the dataset build; MPJPE 144.4 mm,
+PA-MPJPE 117.0 mm, 3DPCK 64.4 % against a mean pose of 294.6 mm (ratio 0.49).
 
 Why these sizes (each measured with stage-1 proxies: test-set voxel error after a fixed time):
 - 96 px crops: the people in the 128 px frames are about 60-70 px tall, so a 128 px crop only

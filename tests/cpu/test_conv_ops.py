@@ -5,6 +5,8 @@ nn.max_pool)."""
 
 import json
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -281,10 +283,38 @@ print("ok")
 """
 
 
-def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(tmp_path):
-  out = _run_python(_FALLBACK_SCRIPT, CXX="cascaded-lift-no-such-compiler", CASCADED_LIFT_KERNEL_CACHE=str(tmp_path))
+def _fresh_machine(case: str, tmp_path: pathlib.Path) -> tuple[dict[str, str], tuple[str, ...]]:
+  """(environment, what the warning must say) for one way a fresh machine cannot build the kernels."""
+  cache = {"CASCADED_LIFT_KERNEL_CACHE": str(tmp_path / "cache")}
+  if case == "no_compiler":
+    return dict(cache, CXX="cascaded-lift-no-such-compiler"), ("no C++ compiler", "set $CXX")
+  if case == "no_headers":  # a compiler that fails as a missing dnnl.hpp makes g++ fail
+    return dict(cache, CXX="false"), ("failed", "apt-get install libdnnl-dev", "onednn-devel-cpu-gomp")
+  if case == "read_only_cache":  # a cache path that cannot be created (root ignores permission bits)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    return {"CASCADED_LIFT_KERNEL_CACHE": str(blocker / "kernels")}, ("cannot write", "CASCADED_LIFT_KERNEL_CACHE")
+  # jaxlib FFI headers that do not match the source: a real compiler that finds a different ffi.h first.
+  fake = tmp_path / "include" / "xla" / "ffi" / "api"
+  fake.mkdir(parents=True)
+  (fake / "ffi.h").write_text('#error "FFI header from another jaxlib"\n')
+  wrapper = tmp_path / "cxx"
+  wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("g++") or "g++"} -I{tmp_path / "include"} "$@"\n')
+  wrapper.chmod(0o755)
+  return dict(cache, CXX=str(wrapper)), ("FFI header from another jaxlib", "install jax and jaxlib of one release")
+
+
+@pytest.mark.parametrize("case", ["no_compiler", "no_headers", "read_only_cache", "mismatched_ffi_headers"])
+def test_auto_falls_back_to_xla_with_a_warning_when_the_kernels_cannot_be_built(tmp_path, case):
+  if case == "mismatched_ffi_headers" and shutil.which("g++") is None:
+    pytest.skip("needs g++")
+  env, says = _fresh_machine(case, tmp_path)
+  out = _run_python(_FALLBACK_SCRIPT, **env)
   assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
-  assert "oneDNN kernels unavailable" in out.stderr and "cascaded-lift-no-such-compiler" in out.stderr
+  warnings = [line for line in out.stderr.splitlines() if "oneDNN kernels unavailable" in line]
+  assert len(warnings) == 1, out.stderr[-3000:]  # one warning, not one per convolution
+  for text in says:
+    assert text in out.stderr, (text, out.stderr[-3000:])
 
 
 _INSTALL_SCRIPT = """

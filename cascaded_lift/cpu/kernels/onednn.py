@@ -118,11 +118,15 @@ def build(path: pathlib.Path) -> None:
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-      tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
+      lines = (proc.stderr or proc.stdout).strip().splitlines()
+      first = next((line for line in lines if "error" in line), None)  # the cause; later lines often follow from it
+      tail = "\n".join(([first, "..."] if first is not None and first not in lines[-12:] else []) + lines[-12:])
       raise KernelUnavailable(f"building {SOURCE} failed ({' '.join(cmd)}):\n{tail}\n"
                               "oneDNN 2.x or 3.x headers and library are needed (pip install "
                               "onednn-devel-cpu-gomp; or Debian/Ubuntu: apt-get install libdnnl-dev; or set "
-                              "CASCADED_LIFT_DNNL_ROOT to an install prefix)")
+                              "CASCADED_LIFT_DNNL_ROOT to an install prefix), and jaxlib's XLA FFI headers "
+                              "(jax.ffi.include_dir(); errors in xla/ffi/ mean a jaxlib this source does not "
+                              "match: install jax and jaxlib of one release)")
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
@@ -142,7 +146,11 @@ def _load() -> ctypes.CDLL | str:
   try:
     path = _library_path()
     if not path.exists():
-      build(path)
+      try:
+        build(path)
+      except OSError as e:  # a read-only or full cache folder, a vanished temporary file
+        raise KernelUnavailable(f"cannot write the kernels' library under {str(path.parent)!r} ({e.strerror or e}); "
+                                "set CASCADED_LIFT_KERNEL_CACHE to a writable folder") from e
     try:
       lib = ctypes.CDLL(str(path))
     except OSError as e:
