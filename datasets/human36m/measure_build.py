@@ -1,6 +1,6 @@
 """Measures the Human3.6M builder's per-frame cost on the real fixture frames (for README.md's numbers).
 
-  python -m cascaded_lift.datasets.human36m.measure_build ../shared/fixtures/h36m_3dmppe [--frames 2000]
+  python -m cascaded_lift.datasets.human36m.measure_build shared/fixtures/h36m_3dmppe [--frames 2000]
 
 Writes, in a temporary folder, a subject-1 manual_dir whose _data.json and _joint_3d.json repeat the
 fixture's subject-1 frame `frames` times (images/ links to the fixture's images, so every record reads
