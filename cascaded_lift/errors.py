@@ -36,13 +36,17 @@ EXIT_USER_ERROR = 2
 T = TypeVar("T")
 
 
-def fail(program: str, error: BaseException | str) -> NoReturn:
-  """Prints `program: error: <message>` (first line of the message) to stderr and exits with status 2."""
+def one_line(error: BaseException | str) -> str:
+  """The error's message on one line (config_flags' embedded traceback reduced to its last line)."""
   text = str(error)
   if "Traceback (most recent call last)" in text:  # config_flags embeds the config file's traceback
     text = [line for line in text.splitlines() if line.strip()][-1]
-  text = " ".join(text.split()) or type(error).__name__  # one line, whatever the message held
-  print(f"{program}: error: {text}", file=sys.stderr)
+  return " ".join(text.split()) or type(error).__name__
+
+
+def fail(program: str, error: BaseException | str) -> NoReturn:
+  """Prints `program: error: <message on one line>` to stderr and exits with status 2."""
+  print(f"{program}: error: {one_line(error)}", file=sys.stderr)
   raise SystemExit(EXIT_USER_ERROR)
 
 

@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     builder = build(args.name, config=args.config, manual_dir=args.manual_dir, data_dir=args.data_dir,
                     overwrite=args.overwrite)
   except (*errors.USER_ERRORS, KeyError, ValueError) as e:  # unknown names; a builder's bad-input errors name the file
-    print(f"cascaded-lift-build: error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"cascaded-lift-build: error: {errors.one_line(e)}", file=sys.stderr)
     return errors.EXIT_USER_ERROR
   for split, info in builder.info.splits.items():
     print(f"{split}: {info.num_examples} examples")

@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from cascaded_lift.errors import EXIT_USER_ERROR, USER_ERRORS
+from cascaded_lift.errors import EXIT_USER_ERROR, USER_ERRORS, one_line
 from cascaded_lift.inference import exported as exported_lib
 from cascaded_lift.inference import host, plots
 from cascaded_lift.training.workdir import check_output_dir
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_dir = check_output_dir(args.out, "--out")  # before the model loads
     predictor, model_info = _make_predictor(args, overrides)
   except (*USER_ERRORS, ValueError, KeyError, ImportError) as e:
-    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     return EXIT_USER_ERROR
   stems = [p.stem for p in images]
   failed = 0
