@@ -58,6 +58,7 @@ setup(
         "console_scripts": [
             "cascaded-lift-build=cascaded_lift.datasets.build:main",
             "cascaded-lift-predict=cascaded_lift.inference.cli:main",
+            "cascaded-lift-weights=cascaded_lift.weights.cli:main",
         ],
     },
 )

@@ -38,6 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
       ordinal_threshold=0.1,   # pixels whose largest joint heatmap exceeds this get ordinal labels
       volume_method="scatter"))  # how the depth-centric volume target is built (training/targets.py)
   c.loss_weights = ml_collections.ConfigDict(dict(bone=1.0, joint=1.0, volume_3d=1.0, depth=0.1, coord=1.0))
+  # How the dense terms (bone, joint, volume_3d, depth) are normalised: "mean" over their elements or
+  # "sample_sum" (the paper's per-sample sums; training/losses.py, docs/design.md section 5.3).
+  c.loss_normalization = "mean"
+  # The paper's ablation (Table 4) by weight alone, same network: "baseline" (L_coord only), "jh" (+ joint
+  # heatmaps), "jh_bh" (+ bone heatmaps), "full" (+ the depth-centric volume and ordinal depth).
+  c.supervision = "full"
+  # Stage 1 logs each term's gradient norm on the shared trunk and its share of their sum at logging
+  # steps (train/trunk_grad_norm/*, train/trunk_grad_share/*); cost in docs/design.md section 5.3.
+  c.trunk_gradients = ml_collections.ConfigDict(dict(enabled=True, pattern=r"^(backbone|context)/"))
   c.geodesic_normalization = True   # stage 2: scale training poses to 1077 mm neck-to-knee
 
   # Stage 1: everything but the lifter. Epoch = one pass over the 3D set's half-batches.
@@ -55,7 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
       trainable=("^lifter/",),
       augment=dict(rotation=0.0)))  # the lifter learns from crop boxes; in-plane rotation would bias it
 
-  c.init = ml_collections.ConfigDict(dict(backbone_weights=""))  # ImageNet ResNet (.safetensors/.npz/.pth)
+  # The backbone's start: "resnet50" = torchvision's ImageNet ResNet-50 from the cache (fetch it once with
+  # `cascaded-lift-weights resnet50`), a path = that file (.safetensors/.npz/.pth, torchvision names),
+  # "none" = random on purpose. "" is refused, so a forgotten setting never trains from random weights.
+  c.init = ml_collections.ConfigDict(dict(backbone_weights="resnet50"))
   # on_damaged: "error" (stop, naming the damaged step) or "previous" (move it aside, resume from the one
   # before); training/loop.py says why "error" is the default.
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, max_to_keep=3, async_save=True, on_damaged="error"))

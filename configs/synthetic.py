@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.learning_rate = 2e-2
   c.stage2.num_steps = 2500
   c.stage2.decay_epochs = (5.3334,)  # epochs of 375 steps: decay at step 2000
+  # A quarter-width ResNet-18 has no published ImageNet weights, and the main job downloads nothing.
+  c.init.backbone_weights = "none"
   c.checkpoint.every_steps = 500
   c.cpu.host_malloc = "retain"  # a CPU job: reuse freed pages (platform.configure_host)
   c.log_every_steps = 50

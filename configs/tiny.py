@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.batch_size = 8
   c.stage2.num_steps = 2
   c.stage2.decay_epochs = (0.5,)
+  c.init.backbone_weights = "none"  # a random start on purpose: no ImageNet weights fit this network
   c.checkpoint.every_steps = 2
   c.checkpoint.async_save = False
   c.log_every_steps = 1

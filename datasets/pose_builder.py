@@ -332,6 +332,30 @@ class PoseDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     return out
 
 
+def check_crop_boxes(dataset: str, boxes: Any, fname: str, tolerance: float = 0.01) -> int:
+  """Logs one warning when boxes stored as det_bbox (CROP boxes, data/schema.py) do not look like crop boxes.
+
+  bbox_root files hold boxes that RootNet squared (the crop's 1:1 aspect) and enlarged; a file of tight
+  detector boxes would be cropped unprocessed, too small and stretched. Such boxes are stored as they
+  are (the file is the user's to fix); the warning names the file and the count.
+
+  Args:
+    boxes: (N, 4) [x0, y0, w, h] px.  tolerance: allowed |w - h| / max(w, h).
+  Returns:
+    the number of boxes that are not square within `tolerance`.
+  """
+  boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+  if not len(boxes):
+    return 0
+  side = np.maximum(np.maximum(boxes[:, 2], boxes[:, 3]), 1e-9)
+  bad = int(np.sum(np.abs(boxes[:, 2] - boxes[:, 3]) / side > tolerance))
+  if bad:
+    log.warning("%s: %s: %d of %d detected boxes are not square; they are stored as crop boxes (already "
+                "squared and enlarged, as RootNet writes them) and will be cropped as they are, so tight "
+                "detector boxes would give wrong crops", dataset, fname, bad, len(boxes))
+  return bad
+
+
 def skeleton_from_metadata(metadata: Mapping[str, Any], dataset: str = "") -> skeleton_lib.Skeleton:
   """The Skeleton recorded in a built dataset's metadata (KeyError naming the dataset if absent)."""
   if not metadata or schema.META_SKELETON not in metadata:

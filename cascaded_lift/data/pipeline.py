@@ -15,7 +15,9 @@ seed gives the same batches, and worker_count does not change them (workers make
 taken round-robin), so in-process runs (worker_count = 0) reproduce multi-worker ones. A saved
 state must be restored into an iterator built with the same config and worker_count.
 
-Evaluation: no augmentation, every record exactly once across all shards; the last batch is padded
+Evaluation: no augmentation, full-resolution decoding whatever data.jpeg_reduce says (the crop is the
+bilinear warp of the full image, as in the authors' code), the boxes of data.eval.boxes
+(:func:`choose_eval_boxes`), every record exactly once across all shards; the last batch is padded
 with copies marked valid = 0, and every shard yields the same number of batches (multi-host steps
 stay in lock-step). Multi-person records (MuPoTS-3D) are flattened to one example per person, with
 extra fields 'is_valid' and 'person' (index within its image).
@@ -27,6 +29,7 @@ handlers work on them; close() stops worker processes.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Sequence
 
@@ -36,8 +39,12 @@ from absl import flags
 
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import augment
+from cascaded_lift.data import config as data_config
 from cascaded_lift.data import sources
 from cascaded_lift.data import transforms
+
+
+log = logging.getLogger(__name__)
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -222,23 +229,50 @@ def _select_person(record: dict[str, Any], person: int) -> dict[str, Any]:
   return out
 
 
+def choose_eval_boxes(spec: Any, src: sources.PoseSource) -> str:
+  """The boxes an evaluation of `src` crops: "detected" or "gt", from the spec's request (data.config.eval_boxes).
+
+  "detected" needs records with detections (single-person sets; MuPoTS-3D's per-image detections are
+  the MuPoTS driver's). "auto" takes them when the dataset stores any, else falls back to the
+  annotated boxes with a warning. Raises ValueError naming the dataset when "detected" cannot be met.
+  """
+  requested = data_config.eval_boxes(spec)
+  if requested == "gt":
+    return "gt"
+  if src.multi_person:
+    if requested == "detected":
+      raise ValueError(f"{src.label}: detections are stored per image, not per person; evaluate with the "
+                       "MuPoTS-3D driver (evaluation.mupots) or set data.eval.boxes = 'gt'")
+    return "gt"
+  if src.stores_detections():
+    return "detected"
+  if requested == "detected":
+    raise ValueError(f"{src.label}: data.eval.boxes = 'detected' (or use_det_bbox) but the dataset stores no "
+                     "detections; rebuild it with its bbox_root file (datasets/<name>/README.md) or set "
+                     "data.eval.boxes = 'gt'")
+  log.warning("%s: data.eval.boxes = 'auto' and the dataset was built without detections: evaluating with "
+              "the annotated (ground-truth) boxes, not the paper's detected boxes", src.label)
+  return "gt"
+
+
 def create_eval_iterator(cfg: Any, batch_size: int, shard_index: int = 0,
                          shard_count: int = 1) -> grain.DatasetIterator:
   """Finite iterator over the evaluation set in batches; padding examples have valid = 0.
 
   Batches carry the training fields plus joints_cam, joints_img, focal, principal, image_id,
-  subject, action, frame (and is_valid, person for multi-person sets).
+  subject, action, frame (and is_valid, person for multi-person sets). Crops are warped from the
+  full-resolution image (data.jpeg_reduce is a training option); boxes follow data.eval.boxes.
   """
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index {shard_index} outside [0, {shard_count})")
   spec = _get(cfg, "eval")
   src = sources.load_source(spec, bool(_get(cfg, "build_if_missing", True)))
   dst = skeleton_lib.get_skeleton(_get(cfg, "skeleton", "h36m"))
-  use_det = bool(_get(spec, "use_det_bbox", False))
-  if use_det and not src.has_detections:
-    raise ValueError(f"{src.label}: use_det_bbox is set but the dataset stores no detections")
+  use_det = choose_eval_boxes(spec, src) == "detected"
   records = _EvalRecords(src, batch_size, shard_index, shard_count)
-  fn = _EvalExample(src.skeleton, dst, crop_config(cfg), use_det)
+  # The authors' test crop is the bilinear warp of the full-resolution image: no reduced decoding.
+  crop = dataclasses.replace(crop_config(cfg), jpeg_reduce=False)
+  fn = _EvalExample(src.skeleton, dst, crop, use_det)
   ds = grain.MapDataset.source(records).map(fn).batch(batch_size, drop_remainder=False)
   return _iterate(ds, cfg)
 
@@ -274,5 +308,5 @@ def mean_pose(cfg: Any, max_examples: int = 20000) -> np.ndarray:
   return np.where(present[:, None], total / count, 0.0).astype(np.float32)
 
 
-__all__: Sequence[str] = ("create_train_iterator", "create_eval_iterator", "steps_per_epoch",
+__all__: Sequence[str] = ("create_train_iterator", "create_eval_iterator", "choose_eval_boxes", "steps_per_epoch",
                           "eval_num_examples", "mean_pose", "crop_config")

@@ -9,7 +9,7 @@ Single-person example (one person crop per record; Human3.6M, MPII, COCO, MuCo-3
   field          shape        dtype    meaning
   =============  ===========  =======  ============================================================
   image          (H, W, 3)    bytes    the whole frame, stored as encoded JPEG (RGB when decoded)
-  bbox           (4,)         float32  person box [x0, y0, w, h] in px (as annotated, unprocessed)
+  bbox           (4,)         float32  PERSON box [x0, y0, w, h] in px (as annotated, unprocessed)
   joints_img     (J, 2)       float32  joint pixel coordinates (x, y), pixel-index convention
   joints_cam     (J, 3)       float32  camera-frame joints in mm; zeros when the dataset has no depth
   joints_vis     (J,)         float32  1 = annotated (and visible where the dataset says so), else 0
@@ -24,9 +24,18 @@ Single-person example (one person crop per record; Human3.6M, MPII, COCO, MuCo-3
 
 Optional detection fields (builders with ``HAS_DETECTIONS``; e.g. 3DMPPE's bbox_root files):
 
-  det_bbox       (4,)         float32  detected box [x0, y0, w, h] px (zeros when has_det = 0)
+  det_bbox       (4,)         float32  detected CROP box [x0, y0, w, h] px (zeros when has_det = 0)
   det_root_cam   (3,)         float32  detected/estimated root position in the camera frame, mm
   has_det        ()           float32  1 when a detection exists for this record
+
+Box kinds (:data:`BOX_KIND_OF_FIELD`; docs/design.md section 1). A PERSON box is a tight box around one
+person: before cropping it goes through geometry.process_bbox once (clipped to the image, widened to
+the crop's 1:1 aspect, enlarged data.bbox_scale = 1.25x). A CROP box is the crop window itself and is
+used as it is. ``bbox`` always holds person boxes. ``det_bbox`` holds crop boxes: 3DMPPE's
+bbox_root_*_output.json boxes were already squared and enlarged 1.25x by the detector stage (RootNet
+runs process_bbox before writing them), and the authors crop them unchanged. Processing one again
+would square and enlarge it twice (1.56x the person's box). Builders store these files' boxes as they
+are. Code that crops a stored box asks :func:`box_kind` for its kind and never guesses.
 
 Multi-person variant (MuPoTS-3D test frames; one record per image, P people, P may vary):
 image, focal, principal, image_id, subject, action, frame, has_depth as above, and per person
@@ -91,6 +100,14 @@ MULTI_PERSON_DETECTION: Mapping[str, Spec] = {
     "has_det": ((), np.float32),
 }
 
+# Box kinds: a PERSON box is processed once (clip, square to the crop aspect, enlarge 1.25x) before
+# cropping; a CROP box is the crop window itself, used as is.
+BOX_PERSON = "person"
+BOX_CROP = "crop"
+BOX_KINDS = (BOX_PERSON, BOX_CROP)
+# The kind of every stored box field (single- and multi-person records alike).
+BOX_KIND_OF_FIELD: Mapping[str, str] = {"bbox": BOX_PERSON, "det_bbox": BOX_CROP}
+
 ID_FIELDS = ("image_id", "subject", "action", "frame")
 MISSING_ID = -1
 
@@ -98,6 +115,22 @@ MISSING_ID = -1
 META_SKELETON = "skeleton"
 META_JOINT_NAMES = "joint_names"
 META_MULTI_PERSON = "multi_person"
+
+
+def box_kind(field: str) -> str:
+  """The kind ("person" or "crop") of the stored box field `field`; KeyError for a field that holds none."""
+  try:
+    return BOX_KIND_OF_FIELD[field]
+  except KeyError:
+    raise KeyError(f"field {field!r} is not a box field of the schema; box fields: "
+                   f"{sorted(BOX_KIND_OF_FIELD)}") from None
+
+
+def check_box_kind(kind: str, what: str = "box_kind") -> str:
+  """`kind` when it is one of BOX_KINDS; ValueError naming `what` otherwise."""
+  if kind not in BOX_KINDS:
+    raise ValueError(f"{what} must be one of {BOX_KINDS}, got {kind!r}")
+  return kind
 
 
 def resolve_shape(shape: tuple[int | str, ...], num_joints: int) -> tuple[int | None, ...]:

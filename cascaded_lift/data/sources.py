@@ -44,7 +44,8 @@ class PoseSource:
     data_source: the tfds ArrayRecordDataSource (image feature not decoded).
     skeleton: the dataset's own joint set (from its metadata).
     multi_person: records hold a leading person axis.
-    has_detections: records hold det_bbox / det_root_cam / has_det.
+    has_detections: records hold the fields det_bbox / det_root_cam / has_det (the builder can store
+      detections; whether any record has one is :meth:`stores_detections`).
   """
 
   label: str
@@ -52,6 +53,19 @@ class PoseSource:
   skeleton: skeleton_lib.Skeleton
   multi_person: bool = False
   has_detections: bool = False
+  _any_detection: bool | None = dataclasses.field(default=None, repr=False, compare=False)
+
+  def stores_detections(self) -> bool:
+    """Whether any record has a detection (has_det = 1): a builder with detection fields stores
+    has_det = 0 everywhere when it was built without the detection file.
+
+    Reads records until the first detection (the first record when the file was there; every record
+    when it was not), once per source object.
+    """
+    if self._any_detection is None:
+      self._any_detection = self.has_detections and any(
+          float(self[i].get("has_det", 0.0)) > 0 for i in range(len(self)))
+    return self._any_detection
 
   def __len__(self) -> int:
     return len(self.data_source)

@@ -11,6 +11,14 @@ bytes; the output is one example of the batch dict of docs/design.md section 4:
   Evaluation examples add joints_cam, joints_img (unaugmented, model joint order), focal,
   principal, image_id, subject, action, frame.
 
+Boxes (docs/design.md section 1; data/schema.py): the record's `bbox` is a PERSON box, processed once by
+geometry.process_bbox (clip, square, enlarge bbox_scale times); a detected `det_bbox` (use_det_bbox,
+records with has_det = 1) is a CROP box from a bbox_root file, already squared and enlarged, and is
+cropped as it is, as the authors' code does. :func:`crop_box_of` turns either kind into the crop window.
+
+Reduced JPEG decoding (CropConfig.jpeg_reduce) is a training-speed option: the pipeline's evaluation
+examples always warp the full-resolution image (pipeline.create_eval_iterator turns it off).
+
 Joints are mapped from the dataset's skeleton onto the model's by name; joints the dataset lacks are
 invisible (and zero). With a flip, the crop is mirrored by the affine matrix and the joint labels
 are swapped, so index L_Wrist always holds the wrist on the person's (new) left.
@@ -27,6 +35,7 @@ import numpy as np
 from cascaded_lift import geometry
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import augment
+from cascaded_lift.data import schema
 
 # EXIF orientation is ignored: annotations refer to the stored pixel grid (as PIL and the
 # datasets' own tools read it), and jpeg_size() reads that grid's size from the header.
@@ -45,7 +54,31 @@ class CropConfig:
   depth_bins: int = 64
   depth_range_mm: float = 2000.0
   bbox_scale: float = 1.25
-  jpeg_reduce: bool = True
+  jpeg_reduce: bool = True  # training speed only; evaluation examples turn it off
+
+
+def crop_box_of(box: Any, kind: str, width: float, height: float, bbox_scale: float = 1.25) -> np.ndarray:
+  """The crop window [x0, y0, w, h] px (float64) of a box of `kind` in a width x height image.
+
+  A "person" box is processed once (geometry.process_bbox: clipped to the image, squared to the crop's
+  1:1 aspect, enlarged `bbox_scale` times). A "crop" box (e.g. a bbox_root file's detection, already
+  squared and enlarged) is returned as it is; it may reach past the image border (the crop shows black
+  there), but must have an area and overlap the image.
+
+  Raises:
+    ValueError for a non-finite box, no area, or a box that does not overlap the image.
+  """
+  box = np.asarray(box, np.float64)
+  if box.shape != (4,) or not np.all(np.isfinite(box)):
+    raise ValueError(f"box {box.tolist()} is not a finite [x0, y0, w, h]")
+  kind = schema.check_box_kind(kind)
+  if kind == schema.BOX_PERSON:
+    return geometry.process_bbox(box, float(width), float(height), scale=bbox_scale)
+  if box[2] <= 0 or box[3] <= 0:
+    raise ValueError(f"crop box {box.tolist()} has no area")
+  if box[0] >= width or box[1] >= height or box[0] + box[2] <= 0 or box[1] + box[3] <= 0:
+    raise ValueError(f"crop box {box.tolist()} lies outside the {width:g}x{height:g} image")
+  return box.copy()
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -122,7 +155,7 @@ def crop_image(image: np.ndarray, crop_box: Any, size: int, params: augment.Augm
 
   Args:
     image: (H, W, C) uint8, at 1/`reduce` of the full resolution (a reduced JPEG decode).
-    crop_box: [x0, y0, w, h] in full-resolution px, already processed (geometry.process_bbox).
+    crop_box: the crop window [x0, y0, w, h] in full-resolution px (:func:`crop_box_of`).
     size: the crop side S in px.
     params: augmentation (scale, rotation, flip) folded into the same warp.
     reduce: 1, 2, 4 or 8.
@@ -149,7 +182,8 @@ def prepare(record: dict[str, Any], src: skeleton_lib.Skeleton, dst: skeleton_li
     params: augmentation (augment.IDENTITY for evaluation).
     rng: generator for the occlusion noise (needed when params.occlusion is set).
     eval_fields: add the unaugmented ground truth, intrinsics and ids.
-    use_det_bbox: crop the detected box when the record has one (has_det = 1).
+    use_det_bbox: crop the detected box when the record has one (has_det = 1): a crop box, used as
+      it is; records without one fall back to their person box `bbox`, processed once.
   Raises:
     KeyError / ValueError naming the record for missing fields, undecodable images and boxes that
     lie outside the image.
@@ -165,10 +199,10 @@ def prepare(record: dict[str, Any], src: skeleton_lib.Skeleton, dst: skeleton_li
   joints_cam = _array(record, "joints_cam", (js, 3), what) if "joints_cam" in record else np.zeros((js, 3), np.float32)
   if has_depth and "joints_cam" not in record:
     raise KeyError(f"{what}: has_depth = 1 but field 'joints_cam' is missing")
-  box = np.asarray(record["det_bbox"] if use_det_bbox and float(record.get("has_det", 0)) else record["bbox"],
-                   np.float64)
+  field = "det_bbox" if use_det_bbox and float(record.get("has_det", 0)) else "bbox"
+  box = np.asarray(record[field], np.float64)
   if box.shape != (4,) or not np.all(np.isfinite(box)):
-    raise ValueError(f"{what}: field 'bbox' = {box.tolist()} is not a finite [x0, y0, w, h]")
+    raise ValueError(f"{what}: field {field!r} = {box.tolist()} is not a finite [x0, y0, w, h]")
 
   size = jpeg_size(record["image"]) if isinstance(record["image"], (bytes, bytearray)) else None
   image = None
@@ -177,9 +211,9 @@ def prepare(record: dict[str, Any], src: skeleton_lib.Skeleton, dst: skeleton_li
     size = (image.shape[1], image.shape[0])
   width, height = size
   try:
-    box = geometry.process_bbox(box, float(width), float(height), scale=crop.bbox_scale)
+    box = crop_box_of(box, schema.box_kind(field), width, height, crop.bbox_scale)
   except ValueError as e:
-    raise ValueError(f"{what}: {e}") from None
+    raise ValueError(f"{what}: field {field!r} ({schema.box_kind(field)} box): {e}") from None
 
   s = crop.image_size
   reduce = 1

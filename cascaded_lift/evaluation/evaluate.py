@@ -3,8 +3,9 @@
     from cascaded_lift.evaluation.evaluate import evaluate
     metrics = evaluate(config, workdir)          # the latest checkpoint; writes workdir/eval/
 
-EVALUATORS maps a dataset name (config.data.eval.name) to its evaluator; names not in it use the
-single-person evaluator (Human3.6M protocol, also used by the synthetic set). Each evaluator has the
+EVALUATORS maps a dataset name (config.data.eval.name) to its evaluator: "human36m" runs evaluation.h36m
+(the paper's detected boxes when the dataset has them, and the ground-truth boxes beside them),
+"mupots_3d" the MuPoTS-3D driver; other names use the single-person evaluator (the synthetic set). Each evaluator has the
 signature (config, workdir, *, variables, step, split) -> metrics dict. Register another with
 `register("name")`.
 """
@@ -16,12 +17,12 @@ from typing import Any, Callable
 
 import jax
 
-from cascaded_lift.evaluation import mupots, single_person
+from cascaded_lift.evaluation import h36m, mupots, single_person
 from cascaded_lift.training import parallel
 from cascaded_lift.training import workdir as workdir_lib
 
 Evaluator = Callable[..., dict[str, Any]]
-EVALUATORS: dict[str, Evaluator] = {"mupots_3d": mupots.evaluate_workdir}
+EVALUATORS: dict[str, Evaluator] = {"human36m": h36m.evaluate_workdir, "mupots_3d": mupots.evaluate_workdir}
 DEFAULT_EVALUATOR: Evaluator = single_person.evaluate_workdir
 
 

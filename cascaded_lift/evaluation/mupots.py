@@ -1,14 +1,22 @@
 """MuPoTS-3D multi-person evaluation driver: top-down predictions per frame -> MuPoTSEvaluator -> tables.
 
-  results = evaluate_mupots(config, variables, config.data.eval, out_dir)              # annotated boxes
-  results = evaluate_mupots(config, variables, builder, out_dir, use_detections=True)  # RootNet boxes
+  results = evaluate_mupots(config, variables, config.data.eval, out_dir)             # the paper's setting
+  results = evaluate_mupots(config, variables, builder, out_dir, boxes="gt")          # annotated boxes
   results = evaluate_workdir(config, workdir)   # eval.py: latest checkpoint, writes workdir/eval/
 
+Defaults are the paper's protocol (3DMPPE's evaluation): RootNet's detected boxes and root depths from
+bbox_root_mupots_output.json, the official script's matching and bone-length rescaling (mupots_score).
+The other variants are arguments (and config.eval.mupots fields) and are named in the results' settings.
+
 Per frame (one record of the mupots_3d builder: the whole image, all annotated people, intrinsics):
-  1. person boxes: every annotated person's box (valid or not: a real detector would see them too), or
-     with use_detections the frame's detections (the builder's det_bbox, or a `detections` JSON file);
-  2. the network on every box (predictor_lib.Predictor: the evaluation crop, flip test, batched people)
-     -> 2D joints in image px and root-relative 3D;
+  1. boxes (`boxes`): "detected" = the frame's detections (the builder's det_bbox, or a `detections`
+     JSON file): CROP boxes, already squared and enlarged by RootNet, cropped as they are (a file of
+     tight detector boxes says detections_box_kind="person"); "gt" = every annotated person's box
+     (valid or not: a real detector would see them too): PERSON boxes, processed once (clip, square,
+     enlarge 1.25x); "auto" (default) = "detected" when the data stores detections (the first frame's
+     has_det, which the builder sets alike on every frame), else "gt" with a warning;
+  2. the network on every box (predictor_lib.Predictor: the evaluation crop from the full-resolution
+     image, flip test, batched people) -> 2D joints in image px and root-relative 3D;
   3. camera space with the frame's intrinsics (host.to_camera); the root depth is an option,
      recorded in the results: "gt" (the annotated root depth; annotated boxes only), "detection" (the
      detections' root_cam Z, as 3DMPPE evaluates), "prior" (the distance prior of the box size), or
@@ -33,6 +41,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import pathlib
 from typing import Any, Callable, Iterator, Mapping
 
@@ -42,26 +51,36 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from cascaded_lift import skeleton as skeleton_lib
-from cascaded_lift.data import sources, transforms
+from cascaded_lift.data import config as data_config
+from cascaded_lift.data import schema, sources, transforms
 from cascaded_lift.evaluation import mupots_score
 from cascaded_lift.inference import host
 from cascaded_lift.inference import predictor as predictor_lib
 from cascaded_lift.training.checkpoints import restore_variables
 
+log = logging.getLogger(__name__)
+
 ROOT_DEPTHS = ("auto", "gt", "detection", "prior")
+BOXES = data_config.EVAL_BOXES  # "auto", "detected", "gt"
 METRICS_JSON = "mupots_metrics.json"
 METRICS_MD = "mupots_metrics.md"
 
 
 @dataclasses.dataclass
 class Frame:
-  """One test frame: image (H, W, 3) uint8 RGB, boxes (P, 4) px to predict, intrinsics, the raw record."""
+  """One test frame: image (H, W, 3) uint8 RGB, boxes (P, 4) px to predict, intrinsics, the raw record.
+
+  box_kind says what `boxes` are ("person": processed once before cropping; "crop": crop windows used as
+  they are); crop_boxes (P, 4) px are the windows the evaluation crop shows (host.check_boxes).
+  """
   image: np.ndarray
   boxes: np.ndarray
   focal: np.ndarray
   principal: np.ndarray
   sequence: int
   record: Mapping[str, Any]
+  box_kind: str = schema.BOX_PERSON
+  crop_boxes: np.ndarray | None = None
 
 
 PredictFn = Callable[[Frame], tuple[np.ndarray, np.ndarray]]
@@ -155,11 +174,36 @@ def _frame_boxes(record: Mapping[str, Any], use_detections: bool, detections: di
   return np.asarray(record["bbox"], np.float64).reshape(-1, 4), None
 
 
+def _choose_boxes(boxes: str, use_detections: bool | None, det_table: dict | None, records: Any,
+                  label: str) -> bool:
+  """Whether the frames' boxes are detections, from `boxes` ("auto" | "detected" | "gt") and the older
+  flag use_detections (True = "detected", False = "gt"); a detections file means "detected"."""
+  if boxes not in BOXES:
+    raise ValueError(f"evaluate_mupots: boxes must be one of {BOXES}, got {boxes!r}")
+  if use_detections is not None:
+    legacy = "detected" if use_detections else "gt"
+    if boxes not in ("auto", legacy):
+      raise ValueError(f"evaluate_mupots: use_detections={use_detections} contradicts boxes={boxes!r}")
+    boxes = legacy
+  if det_table is not None:
+    if boxes == "gt":
+      raise ValueError("evaluate_mupots: a detections file was given with boxes='gt'")
+    return True
+  if boxes == "gt":
+    return False
+  stored = len(records) > 0 and float(dict(records[0]).get("has_det", 0.0)) > 0
+  if not stored and boxes == "auto":
+    log.warning("%s: boxes='auto' and the data stores no detections (bbox_root_mupots_output.json): "
+                "evaluating with the annotated boxes, not the paper's detected ones", label)
+  return stored or boxes == "detected"  # "detected" without them fails per frame, naming the record
+
+
 def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, out_dir: str | pathlib.Path,
-                    use_detections: bool = False, *, root_depth: str = "auto",
+                    use_detections: bool | None = None, *, boxes: str = "auto", root_depth: str = "auto",
                     detections: str | pathlib.Path | None = None, score_threshold: float = 0.0,
-                    predict_fn: PredictFn | None = None, flip_test: bool | None = None,
-                    camera_pose: str = "lifted", matching: str = "distance", match_threshold: float | None = None,
+                    detections_box_kind: str = schema.BOX_CROP, predict_fn: PredictFn | None = None,
+                    flip_test: bool | None = None, camera_pose: str = "lifted", matching: str = "mpii",
+                    match_threshold: float | None = None, bone_tree: str = "official",
                     max_frames: int | None = None, max_batch: int = 32) -> dict[str, Any]:
   """Evaluates on MuPoTS-3D and writes out_dir/mupots_metrics.{json,md} (module docstring).
 
@@ -169,13 +213,16 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
     data_source_or_builder: a PoseSource, a prepared mupots_3d TFDS builder, a dataset spec
       (e.g. config.data.eval) or a sequence of records of the multi-person schema.
     out_dir: output folder (created).
-    use_detections: person boxes from detections instead of the annotations.
+    use_detections: the older flag: True = boxes "detected", False = "gt"; None = use `boxes`.
+    boxes: "auto" (default: detections when stored) | "detected" | "gt" (module docstring, step 1).
     root_depth: "auto" | "gt" | "detection" | "prior".
     detections: a bbox_root JSON file ({image_id, bbox, root_cam, score}) to use instead of the
-      stored detections (implies use_detections); score_threshold filters it.
+      stored detections (implies boxes "detected"); score_threshold filters it.
+    detections_box_kind: what the detections' boxes are: "crop" (default; bbox_root files, the stored
+      det_bbox) or "person" (tight boxes of another detector, processed once).
     predict_fn: replaces the network (see :class:`Frame`); None = predictor_lib.Predictor(config, variables).
     flip_test: None = config.eval.flip_test.  camera_pose: see host.to_camera.
-    matching, match_threshold: MuPoTSEvaluator's matching rule.
+    matching, match_threshold, bone_tree: MuPoTSEvaluator's rules (default: the official script's).
     max_frames: evaluate only the first frames (quick checks).  max_batch: people per network call.
   Returns:
     MuPoTSEvaluator.results() plus "settings" and "root_error_mm" ({"mean", "sequences"}).
@@ -185,26 +232,33 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
                      f"= 'muco'), this config has {config.skeleton!r}")
   if root_depth not in ROOT_DEPTHS:
     raise ValueError(f"evaluate_mupots: root_depth must be one of {ROOT_DEPTHS}, got {root_depth!r}")
-  use_detections = use_detections or detections is not None
+  schema.check_box_kind(detections_box_kind, "evaluate_mupots: detections_box_kind")
   det_table = load_detection_file(detections, score_threshold) if detections is not None else None
+  label, records, data_skeleton = _open_records(data_source_or_builder)
+  requested = boxes if use_detections is None else ("detected" if use_detections else "gt")
+  use_detections = _choose_boxes(boxes, use_detections, det_table, records, label)
+  box_kind = detections_box_kind if use_detections else schema.BOX_PERSON
   if root_depth == "gt" and use_detections:
     raise ValueError("evaluate_mupots: root_depth='gt' needs annotated boxes (a detection has no annotated person)")
   if root_depth == "detection" and not use_detections:
-    raise ValueError("evaluate_mupots: root_depth='detection' needs use_detections=True")
-  label, records, data_skeleton = _open_records(data_source_or_builder)
+    raise ValueError("evaluate_mupots: root_depth='detection' needs detected boxes (boxes='detected')")
   if data_skeleton is not None and data_skeleton.name != skeleton_lib.MUCO.name:
     raise ValueError(f"evaluate_mupots: {label} stores joints of skeleton {data_skeleton.name!r}, not MuCo/MuPoTS")
   skel = skeleton_lib.MUCO
   flip = bool(config.get("eval", {}).get("flip_test", True)) if flip_test is None else bool(flip_test)
   predictor_name = "network" if predict_fn is None else getattr(predict_fn, "__name__", "custom")
+  predictor = None
   if predict_fn is None:
     predictor = predictor_lib.Predictor(config, variables, flip_test=flip, max_batch=max_batch)
 
     def predict_fn(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
-      people = predictor.predict(frame.image, frame.boxes, flip_test=flip)
+      people = predictor.predict(frame.image, frame.boxes, flip_test=flip, box_kind=frame.box_kind)
       return np.stack([p.joints_2d for p in people]), np.stack([p.pose_3d for p in people])
 
-  evaluator = mupots_score.MuPoTSEvaluator(skel, matching=matching, match_threshold=match_threshold)
+  # The crop windows (and the distance prior) use the model's box enlargement, as the Predictor does.
+  bbox_scale = predictor.bbox_scale if predictor is not None else float(config.data.get("bbox_scale", 1.25))
+  evaluator = mupots_score.MuPoTSEvaluator(skel, matching=matching, match_threshold=match_threshold,
+                                           bone_tree=bone_tree)
   root = skel.root
   root_errors: dict[int, list[float]] = collections.defaultdict(list)
   sources_used: collections.Counter = collections.Counter()
@@ -222,8 +276,8 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
     num_predictions += len(boxes)
     if len(boxes):
       height, width = image.shape[:2]
-      _, crop_boxes = host.check_boxes(boxes, width, height, what)
-      joints_2d, pose_3d = predict_fn(Frame(image, boxes, focal, principal, seq, record))
+      _, crop_boxes = host.check_boxes(boxes, width, height, what, bbox_scale, box_kind)
+      joints_2d, pose_3d = predict_fn(Frame(image, boxes, focal, principal, seq, record, box_kind, crop_boxes))
       joints_2d = np.asarray(joints_2d, np.float64).reshape(len(boxes), skel.num_joints, 2)
       pose_3d = np.asarray(pose_3d, np.float64).reshape(len(boxes), skel.num_joints, 3)
       mode = root_depth
@@ -249,10 +303,11 @@ def evaluate_mupots(config: Any, variables: Any, data_source_or_builder: Any, ou
                               "sequences": {f"TS{s}": float(np.mean(v)) for s, v in sorted(root_errors.items())}}
   results["settings"] = {
       "dataset": label, "frames": n, "boxes": "detections" if use_detections else "annotations",
+      "boxes_requested": requested, "box_kind": box_kind,
       "detections_file": None if detections is None else str(detections), "predictions": num_predictions,
       "root_depth": root_depth, "root_depth_used": dict(sources_used), "camera_pose": camera_pose,
       "flip_test": flip, "matching": evaluator.matching, "match_threshold": evaluator.match_threshold,
-      "predict_fn": predictor_name,
+      "bone_tree": evaluator.bone_tree, "predict_fn": predictor_name,
       "evaluated_joints": skel.num_eval_joints}
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -265,11 +320,12 @@ def format_report(results: Mapping[str, Any]) -> str:
   """Markdown: the settings, the 3DPCK/AUC tables of both modes, the root position error."""
   s = results["settings"]
   lines = ["# MuPoTS-3D evaluation", "",
-           f"- data: {s['dataset']}, {s['frames']} frames, boxes from {s['boxes']} "
-           f"({s['predictions']} people predicted)",
+           f"- data: {s['dataset']}, {s['frames']} frames, boxes from {s['boxes']} ({s['box_kind']} boxes; "
+           f"asked: {s['boxes_requested']}; {s['predictions']} people predicted)",
            f"- root depth: {s['root_depth']} (used: {s['root_depth_used']}), camera pose: {s['camera_pose']}",
            f"- flip test: {s['flip_test']}, matching: {s['matching']} (threshold {s['match_threshold']} px), "
-           f"first {s['evaluated_joints']} joints; 3DPCK threshold 150 mm", ""]
+           f"bone-length rescaling: {s['bone_tree']} tree, first {s['evaluated_joints']} joints; "
+           "3DPCK threshold 150 mm", ""]
   table = mupots_score.format_mupots_table(results)
   lines += [table if table else "(no annotated people evaluated)", ""]
   err = results["root_error_mm"]["mean"]
@@ -283,7 +339,9 @@ def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: Any
   """The registered MuPoTS-3D evaluator: the latest (or `step`) checkpoint of workdir on config.data.eval,
   into workdir/eval/.
 
-  Boxes from detections when config.data.eval.use_det_bbox is set; other keyword arguments go to
+  Boxes from config.data.eval.boxes ("auto" | "detected" | "gt"; or the older use_det_bbox), the other
+  settings from config.eval.mupots when the config has it (root_depth, matching, match_threshold,
+  bone_tree, camera_pose, score_threshold); keyword arguments override both and go to
   :func:`evaluate_mupots`. `split` replaces config.data.eval.split.
   """
   if variables is None:
@@ -293,5 +351,9 @@ def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: Any
   if split is not None:
     spec = spec.copy_and_resolve_references()
     spec.split = split
-  kwargs.setdefault("use_detections", bool(spec.get("use_det_bbox", False)))
+  if "use_detections" not in kwargs and "detections" not in kwargs:  # those speak for themselves
+    kwargs.setdefault("boxes", data_config.eval_boxes(spec))
+  for key, value in dict(config.get("eval", {}).get("mupots", None) or {}).items():
+    if value is not None:  # unset placeholders keep evaluate_mupots's defaults
+      kwargs.setdefault(key, value)
   return evaluate_mupots(config, variables, spec, pathlib.Path(workdir) / "eval", **kwargs)

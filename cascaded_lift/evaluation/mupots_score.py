@@ -2,9 +2,13 @@
 
 Per frame, the annotated people (only those with is_valid) are matched to the predicted people by 2D
 joint proximity. Each matched prediction is made root-relative (Pelvis) and rescaled to the ground
-truth's bone lengths - walking the skeleton outwards from the root, each predicted bone keeps its
+truth's bone lengths - walking a bone tree outwards from the root, each predicted bone keeps its
 direction and gets the ground-truth length - and then compared joint by joint with the root-relative
 ground truth; a joint is correct when its error is strictly below 150 mm (3DPCK).
+
+Defaults follow the official script (mpii_mupots_multiperson_eval.m, as the paper and 3DMPPE score):
+matching="mpii" and bone_tree="official". The earlier rules stay selectable and are named in the
+results' settings: matching="distance", bone_tree="skeleton".
 
 Two modes, both always computed:
 - "all_annotated": an annotated person without a matched prediction counts as 0 % on all joints.
@@ -22,16 +26,20 @@ the official script's curve runs to 195 mm, so its AUC differs).
 Results are per sequence TS1..TS20, as the mean over sequences (what papers report as "Total") and
 pooled over all people of all sequences.
 
-Decisions where the brief and the official script differ, written down:
-- The bone tree is built from :data:`cascaded_lift.skeleton.MUCO`'s bones restricted to the first 17
-  joints (Head_top hangs off Head; the official script hangs it off Thorax).
-- Default matching ("distance"): greedy on the mean 2D distance over the matching joints (Thorax
-  through L_Ankle, as the official script): the globally closest (annotation, prediction) pair is
-  matched first, and a pair matches only when that mean distance is <= `match_threshold` px (default
-  100). matching="mpii" reproduces the official rule instead: annotations in order each take the
-  still-free prediction with the most matching joints within +-`match_threshold` px (default 40) in both
-  x and y, if that count is > 0; predicted joints at exactly (0, 0) count as missing.
-- A predicted bone of zero length cannot give a direction; its child is placed on its parent.
+Rules (the defaults are the official script's):
+- bone_tree="official" (default): the official parents (mpii_get_joints('relevant')): Head_top and Head
+  both hang off Thorax, Thorax off Spine, Spine off Pelvis, limbs as usual
+  (:data:`MUPOTS_OFFICIAL_PARENTS`). bone_tree="skeleton": the bones of the skeleton (MUCO) among the
+  first 17 joints, where Head_top hangs off Head. Any parent-before-child order gives the same result.
+- matching="mpii" (default): annotations in order each take the still-free prediction with the most
+  matching joints (Thorax through L_Ankle, the official joints 2..14) within +-`match_threshold` px
+  (default 40) in both x and y, if that count is > 0; predicted joints at exactly (0, 0) count as
+  missing. matching="distance": greedy on the mean 2D distance over the matching joints: the globally
+  closest (annotation, prediction) pair is matched first, and a pair matches only when that mean
+  distance is <= `match_threshold` px (default 100).
+- Differences from the official script that remain: AUC over 0..150 mm (31 thresholds) rather than
+  0..195 mm; a predicted bone of zero length (no direction; the script divides by zero) puts its child
+  on its parent.
 """
 
 from __future__ import annotations
@@ -55,20 +63,40 @@ MUPOTS_MATCHING_JOINTS: tuple[str, ...] = (
     "Thorax", "R_Shoulder", "R_Elbow", "R_Wrist", "L_Shoulder", "L_Elbow", "L_Wrist", "R_Hip", "R_Knee",
     "R_Ankle", "L_Hip", "L_Knee", "L_Ankle")
 _DEFAULT_THRESHOLDS = {"distance": 100.0, "mpii": 40.0}
+MATCHING_RULES = ("mpii", "distance")
+# Parents in the official script's bone-length rescaling (mpii_get_joints('relevant'), o1), by name.
+MUPOTS_OFFICIAL_PARENTS: dict[str, str] = {
+    "Head_top": "Thorax", "Thorax": "Spine", "R_Shoulder": "Thorax", "R_Elbow": "R_Shoulder",
+    "R_Wrist": "R_Elbow", "L_Shoulder": "Thorax", "L_Elbow": "L_Shoulder", "L_Wrist": "L_Elbow",
+    "R_Hip": "Pelvis", "R_Knee": "R_Hip", "R_Ankle": "R_Knee", "L_Hip": "Pelvis", "L_Knee": "L_Hip",
+    "L_Ankle": "L_Knee", "Spine": "Pelvis", "Head": "Thorax"}
+BONE_TREES = ("official", "skeleton")
 
 
-def bone_tree(skeleton: Skeleton = MUCO, num_joints: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """Parent of every joint and a root-outwards order, from the skeleton's bones among the first joints.
+def bone_tree(skeleton: Skeleton = MUCO, num_joints: int | None = None,
+              rule: str = "skeleton") -> tuple[np.ndarray, np.ndarray]:
+  """Parent of every joint and a root-outwards order over the first joints.
 
-  Bones are used undirected (MUCO lists Head_top -> Head -> Thorax -> Spine -> Pelvis towards the
-  root), restricted to joints < num_joints (default skeleton.num_eval_joints), and walked breadth-first
-  from the root.
+  rule="skeleton": the skeleton's bones, used undirected (MUCO lists Head_top -> Head -> Thorax ->
+  Spine -> Pelvis towards the root). rule="official": the official MuPoTS-3D script's parents
+  (:data:`MUPOTS_OFFICIAL_PARENTS`, by joint name). Either is restricted to joints < num_joints
+  (default skeleton.num_eval_joints) and walked breadth-first from the root.
   Returns:
     (order (num_joints - 1,) joint indices, each after its parent; parents (num_joints,), -1 at the root).
   """
+  if rule not in BONE_TREES:
+    raise ValueError(f"bone_tree: unknown rule {rule!r}; use one of {BONE_TREES}")
   n = skeleton.num_eval_joints if num_joints is None else num_joints
+  if rule == "official":
+    missing = [c for pair in MUPOTS_OFFICIAL_PARENTS.items() for c in pair if c not in skeleton.joint_names]
+    if missing:
+      raise ValueError(f"bone_tree: the official MuPoTS-3D tree needs joint {missing[0]!r}, which skeleton "
+                       f"{skeleton.name!r} lacks")
+    edges = [(skeleton.index(p), skeleton.index(c)) for c, p in MUPOTS_OFFICIAL_PARENTS.items()]
+  else:
+    edges = list(skeleton.bones)
   neighbours = collections.defaultdict(list)
-  for a, b in skeleton.bones:
+  for a, b in edges:
     if a < n and b < n:
       neighbours[a].append(b)
       neighbours[b].append(a)
@@ -86,6 +114,9 @@ def bone_tree(skeleton: Skeleton = MUCO, num_joints: int | None = None) -> tuple
     missing = [skeleton.joint_names[j] for j in range(n) if j not in seen]
     raise ValueError(f"bone_tree: {skeleton.name} bones among the first {n} joints do not reach {missing}")
   return np.array(order, dtype=np.int64), parents
+
+
+_make_bone_tree = bone_tree  # MuPoTSEvaluator's `bone_tree` argument shadows the function's name
 
 
 def rescale_to_bone_lengths(pred: Array, gt: Array, order: Sequence[int], parents: Sequence[int]) -> np.ndarray:
@@ -168,15 +199,18 @@ class MuPoTSEvaluator:
   with 21 joints are cut to the first 17).
   """
 
-  def __init__(self, skeleton: Skeleton = MUCO, matching: str = "distance", match_threshold: float | None = None,
+  def __init__(self, skeleton: Skeleton = MUCO, matching: str = "mpii", match_threshold: float | None = None,
                matching_joints: Sequence[str] = MUPOTS_MATCHING_JOINTS, pck_threshold: float = PCK_THRESHOLD_MM,
                auc_thresholds: Sequence[float] = AUC_THRESHOLDS_MM,
-               groups: Mapping[str, Sequence[str]] = MUPOTS_JOINT_GROUPS):
-    if matching not in _DEFAULT_THRESHOLDS:
-      raise ValueError(f"MuPoTSEvaluator: unknown matching {matching!r}; use one of {sorted(_DEFAULT_THRESHOLDS)}")
+               groups: Mapping[str, Sequence[str]] = MUPOTS_JOINT_GROUPS, bone_tree: str = "official"):
+    if matching not in MATCHING_RULES:
+      raise ValueError(f"MuPoTSEvaluator: unknown matching {matching!r}; use one of {MATCHING_RULES}")
+    if bone_tree not in BONE_TREES:
+      raise ValueError(f"MuPoTSEvaluator: unknown bone_tree {bone_tree!r}; use one of {BONE_TREES}")
     self.skeleton = skeleton
     self.num_joints = skeleton.num_eval_joints
     self.matching = matching
+    self.bone_tree = bone_tree
     self.match_threshold = _DEFAULT_THRESHOLDS[matching] if match_threshold is None else float(match_threshold)
     self.matching_idx = np.array([skeleton.index(n) for n in matching_joints], dtype=np.int64)
     self.pck_threshold = float(pck_threshold)
@@ -185,7 +219,7 @@ class MuPoTSEvaluator:
     self.total_idx = np.unique(np.concatenate(list(self.groups.values())))
     if np.any(self.matching_idx >= self.num_joints) or np.any(self.total_idx >= self.num_joints):
       raise ValueError(f"MuPoTSEvaluator: matching/group joints must be among the first {self.num_joints}")
-    self.order, self.parents = bone_tree(skeleton, self.num_joints)
+    self.order, self.parents = _make_bone_tree(skeleton, self.num_joints, bone_tree)
     self._errors: dict[int, list[np.ndarray]] = collections.defaultdict(list)  # matched people's (J,) errors
     self._unmatched: dict[int, int] = collections.defaultdict(int)
 

@@ -1,8 +1,9 @@
 """Single-person evaluation (Human3.6M, synthetic): predictions over an eval split, metrics, tables, plots.
 
 Writes to <workdir>/eval/: metrics.json (mpjpe, pa_mpjpe, rigid_pa_mpjpe, n_mpjpe, pck3d, auc3d,
-num_samples, per-action tables where the set has actions, and mean_pose_mpjpe - the error of always
-predicting the training mean pose - where the 3D training set is available), predictions.json, and PNGs
+num_samples, per-action tables where the set has actions, mean_pose_mpjpe - the error of always
+predicting the training mean pose - where the 3D training set is available, and the stage-1 network's
+2.5D error in voxels, voxel_error and voxel_error_x/y/z), predictions.json, and PNGs
 (per-action errors, example crops with the predicted 2D skeleton next to 3D prediction vs ground truth).
 
 Predictions are compared raw with the raw root-relative ground truth
@@ -34,7 +35,7 @@ def collect_predictions(config: Any, variables: dict[str, Any], split: str | Non
   model = platform.build_model(config)
   predict = jax.jit(make_predict_step(model, skeleton, flip_test=config.eval.flip_test))
   variables = jax.device_put(variables, jax.local_devices()[0])
-  keep = ("joints_cam", "image_id", "subject", "action", "frame", "bbox")
+  keep = ("joints_cam", "joints_vox", "joints_vis", "image_id", "subject", "action", "frame", "bbox")
   out: dict[str, list[np.ndarray]] = {k: [] for k in ("pose_3d", "coords", "image") + keep}
   num_images = config.eval.get("num_plot_examples", 4)
   data_cfg = config.data
@@ -52,6 +53,26 @@ def collect_predictions(config: Any, variables: dict[str, Any], split: str | Non
     if sum(len(x) for x in out["image"]) < num_images:
       out["image"].append(np.asarray(batch["image"])[valid])
   return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def voxel_errors(preds: dict[str, np.ndarray], num_joints: int) -> dict[str, float]:
+  """The stage-1 network's 2.5D error: soft-argmax 'coords' against the 'joints_vox' targets (N, J, 3).
+
+  In voxels of the output grid (x, y heatmap px, z depth bins), over the first `num_joints` joints where
+  'joints_vis' is set. voxel_error is the mean Euclidean distance, voxel_error_x/y/z the mean absolute
+  error per axis. Empty when the eval set has no voxel targets.
+  """
+  if "joints_vox" not in preds or "coords" not in preds:
+    return {}
+  pred = np.asarray(preds["coords"], np.float64)[:, :num_joints]
+  gt = np.asarray(preds["joints_vox"], np.float64)[:, :num_joints]
+  vis = np.asarray(preds.get("joints_vis", np.ones(gt.shape[:2])), np.float64)[:, :num_joints] > 0
+  if not vis.any():
+    return {}
+  diff = (pred - gt)[vis]
+  out = {"voxel_error": float(np.linalg.norm(diff, axis=-1).mean())}
+  out.update({f"voxel_error_{a}": float(np.abs(diff[:, i]).mean()) for i, a in enumerate("xyz")})
+  return out
 
 
 def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: dict[str, Any] | None = None,
@@ -79,6 +100,7 @@ def evaluate_workdir(config: Any, workdir: str | pathlib.Path, *, variables: dic
       "pck3d": metrics_lib.pck3d(pred3d, gt3d),
       "auc3d": metrics_lib.auc3d(pred3d, gt3d),
       "num_samples": int(len(pred3d)),
+      **voxel_errors(preds, nj),
   }
   if config.eval.get("mean_pose_baseline", True):
     # The "always predict the training mean pose" baseline tells how much the model learned.

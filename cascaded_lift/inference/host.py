@@ -3,11 +3,15 @@
 Shared by the live Predictor (inference/predictor.py) and the exported one (inference/exported.py);
 imports no Flax and no model code.
 
-Top-down and multi-person: every box is processed as the evaluation pipeline does (geometry.process_bbox:
-clip, square, enlarge 1.25x) and cropped by data.transforms.crop_image, the pipeline's own crop (one
-bilinear cv2.warpAffine from the full-resolution image, black border). The people of an image run as
-one batch, padded to a bucket size (1, 2, 4, 8, ..., up to `max_batch`; larger groups run in chunks)
-so that the network is compiled once per bucket, not once per head count; the padding rows are dropped.
+Top-down and multi-person. Boxes are PERSON boxes by default (a user's detector boxes, annotations):
+each is processed once as the evaluation pipeline does (geometry.process_bbox: clip, square, enlarge
+1.25x). With box_kind="crop" they are CROP boxes, crop windows already squared and enlarged (3DMPPE's
+bbox_root detections, the MuPoTS driver's stored detections), used as they are. Either way
+data.transforms.crop_box_of makes the window and data.transforms.crop_image, the pipeline's own crop,
+cuts it (one bilinear cv2.warpAffine from the full-resolution image, black border). The people of an
+image run as one batch, padded to a bucket size (1, 2, 4, 8, ..., up to `max_batch`; larger groups run
+in chunks) so that the network is compiled once per bucket, not once per head count; the padding rows
+are dropped.
 
 2D joints: soft-argmax voxel x, y (output px, W = S / output_stride) -> crop px x * S / W -> image px
 through geometry.crop_transform(crop_box, inverse=True) (the same mapping as the lifter's u, v input).
@@ -35,6 +39,7 @@ import numpy as np
 
 from cascaded_lift import geometry
 from cascaded_lift import skeleton as skeleton_lib
+from cascaded_lift.data import schema
 from cascaded_lift.data import transforms
 
 Array = Any
@@ -69,14 +74,17 @@ def check_image(image: Array, what: str = "image") -> np.ndarray:
 
 
 def check_boxes(boxes: Array, width: int, height: int, what: str = "image",
-                bbox_scale: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
-  """Validates (P, 4) [x0, y0, w, h] person boxes and returns (boxes, processed crop boxes), float64.
+                bbox_scale: float = 1.25, box_kind: str = schema.BOX_PERSON) -> tuple[np.ndarray, np.ndarray]:
+  """Validates (P, 4) [x0, y0, w, h] px boxes and returns (boxes, crop boxes), float64.
 
-  The crop boxes come from geometry.process_bbox (clipped, squared, enlarged `bbox_scale` times).
+  box_kind "person" (default): the crop boxes come from geometry.process_bbox (clipped, squared,
+  enlarged `bbox_scale` times), once. "crop": the boxes are crop windows already (e.g. bbox_root
+  detections) and are the crop boxes as they are.
 
   Raises ValueError for no boxes, a malformed array, non-finite values, a non-positive size, or a box
   that does not overlap the width x height image; the message names the box index and its values.
   """
+  schema.check_box_kind(box_kind, f"{what}: box_kind")
   boxes = np.asarray(boxes, dtype=np.float64)
   if boxes.size == 0:
     raise ValueError(f"{what}: no person boxes given (need at least one [x0, y0, w, h])")
@@ -89,9 +97,10 @@ def check_boxes(boxes: Array, width: int, height: int, what: str = "image",
     if not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
       raise ValueError(f"{what}: box {i} {box.tolist()} is not a finite [x0, y0, w, h] with w, h > 0")
     try:
-      crop_boxes[i] = geometry.process_bbox(box, float(width), float(height), scale=bbox_scale)
+      crop_boxes[i] = transforms.crop_box_of(box, box_kind, width, height, bbox_scale)
     except ValueError:
-      raise ValueError(f"{what}: box {i} {box.tolist()} lies outside the {width}x{height} image") from None
+      raise ValueError(f"{what}: {box_kind} box {i} {box.tolist()} lies outside the {width}x{height} "
+                       "image") from None
   return boxes, crop_boxes
 
 
@@ -161,7 +170,8 @@ class PersonPose:
   """One person's prediction.
 
   Attributes:
-    box: (4,) the box given [x0, y0, w, h] px.  crop_box: (4,) the processed box the crop shows.
+    box: (4,) the box given [x0, y0, w, h] px.  crop_box: (4,) the crop window the crop shows (the
+    processed person box, or the given crop box).
     joints_2d: (J, 2) image px.  pose_3d: (J, 3) root-relative mm (camera axes; root exactly 0).
     pose_3d_cam: (J, 3) camera-frame mm, or None without intrinsics.  root_cam: (3,) mm or None.
     root_depth: root Z in mm or None.  root_depth_source: "given", "distance_prior" or None.
@@ -228,17 +238,20 @@ class BasePredictor:
 
   def predict(self, image: Array, boxes: Array, *, focal: Array | None = None, principal: Array | None = None,
               root_depth: Array | None = None, flip_test: bool | None = None,
-              camera_pose: str = "lifted") -> list[PersonPose]:
+              camera_pose: str = "lifted", box_kind: str = schema.BOX_PERSON) -> list[PersonPose]:
     """3D poses of the people in `boxes`.
 
     Args:
       image: (H, W, 3) uint8 RGB array, or a path to an image file.
-      boxes: (P, 4) [x0, y0, w, h] px person boxes (P >= 1).
+      boxes: (P, 4) [x0, y0, w, h] px boxes (P >= 1), of `box_kind`.
       focal: (fx, fy) px (or one number); enables camera-space output.
       principal: (cx, cy) px; default the image centre ((W - 1) / 2, (H - 1) / 2).
       root_depth: root Z in mm, one number or (P,); NaN entries fall back to the distance prior.
       flip_test: average with the mirrored crop; None = the predictor's default.
       camera_pose: "lifted" or "backprojected" (module docstring).
+      box_kind: "person" (default): tight person boxes, processed once (clip, square, enlarge
+        bbox_scale times). "crop": crop windows already squared and enlarged (e.g. 3DMPPE's bbox_root
+        detections), cropped as they are.
     Returns:
       One PersonPose per box, in order.
     """
@@ -248,7 +261,7 @@ class BasePredictor:
       image = read_image(image)
     image = check_image(image, what)
     height, width = image.shape[:2]
-    boxes, crop_boxes = check_boxes(boxes, width, height, what, self.bbox_scale)
+    boxes, crop_boxes = check_boxes(boxes, width, height, what, self.bbox_scale, box_kind)
     if camera_pose not in CAMERA_POSES:
       raise ValueError(f"camera_pose must be one of {CAMERA_POSES}, got {camera_pose!r}")
     if focal is None and (principal is not None or root_depth is not None):

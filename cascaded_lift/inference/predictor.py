@@ -6,8 +6,10 @@
   people[0].pose_3d     # (J, 3) mm, root-relative (camera axes)
   people[0].pose_3d_cam # (J, 3) mm, camera frame (only with focal), root depth from root_depth_source
 
-The boxes are person boxes (processed once: clipped, squared, enlarged); crops, 2D joints and camera
-space are inference/host.py's. The network's forward pass is models.build.make_predict_step, the one
+The boxes are person boxes (processed once: clipped, squared, enlarged), or with box_kind="crop" crop
+windows used as they are (e.g. 3DMPPE's bbox_root detections, already squared and enlarged):
+  people = predictor.predict(image_rgb, det_boxes, box_kind="crop")
+Crops, 2D joints and camera space are inference/host.py's. The network's forward pass is models.build.make_predict_step, the one
 evaluation also runs, and the model comes from cascaded_lift.platform.build_model.
 """
 

@@ -28,10 +28,10 @@ from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import pipeline as data_pipeline
 from cascaded_lift.models.build import check_heatmap_size
 from cascaded_lift.training import optim, parallel
-from cascaded_lift.training.builders import init_variables, load_pretrained
+from cascaded_lift.training.builders import backbone_weights_path, init_variables, load_pretrained
 from cascaded_lift.training import workdir as workdir_lib
 from cascaded_lift.training.checkpoints import ON_DAMAGED, Checkpointer
-from cascaded_lift.training.step import TrainState, make_train_step
+from cascaded_lift.training.step import TrainState, make_train_step, make_trunk_gradient_fn
 from cascaded_lift.training.writers import MetricWriter, ProgressBar
 
 
@@ -114,6 +114,9 @@ def train(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   checkpoints mean, or the training itself without config.resume.allow_changes, is refused.
   Returns the final {'params', 'batch_stats'} (replicated over the mesh).
   """
+  # Before anything is created or compiled: "" or an ImageNet name not yet fetched stops here with the
+  # command to run, instead of after the data build (or silently as a random start).
+  backbone_weights_path(config)
   workdir = workdir_lib.check_output_dir(workdir, "--workdir")
   with contextlib.ExitStack() as stack:
     # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
@@ -161,8 +164,7 @@ def _train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   replicated = parallel.replicated_sharding(mesh)
   rng = jax.random.key(config.seed)
   variables = init_variables(model, config, rng, replicated)
-  if config.init.get("backbone_weights"):
-    variables = load_pretrained(variables, config.init.backbone_weights, replicated)
+  variables = load_pretrained(variables, backbone_weights_path(config), replicated)
 
   if resume_meta:
     logging.info("resuming from %s at stage %d, step %d", checkpointer.directory, resume_meta["stage"],
@@ -204,6 +206,13 @@ def _run_stage(config, model, skeleton, mesh, checkpointer, writer, sigterm, tx,
   step_fn = make_train_step(model, tx, config, skeleton, stage, stage_start, num_steps, schedule)
   train_step = jax.jit(step_fn, in_shardings=(replicated, parallel.batch_sharding(mesh)),
                        out_shardings=(replicated, replicated), donate_argnums=0)
+  trunk_cfg = config.get("trunk_gradients", None)
+  trunk_gradients = None
+  if stage == 1 and trunk_cfg is not None and trunk_cfg.enabled:
+    # At logging steps only: one extra forward and a K-term backward pass (cost: docs/design.md 5.3).
+    trunk_gradients = jax.jit(make_trunk_gradient_fn(model, config, skeleton, stage_start, num_steps,
+                                                     trunk_cfg.pattern),
+                              in_shardings=(replicated, parallel.batch_sharding(mesh)), out_shardings=replicated)
   ckpt_every = config.checkpoint.every_steps
   log_every = config.log_every_steps
   bar = ProgressBar(num_steps, f"stage {stage}", enabled=is_chief and config.get("progress_bar", True))
@@ -211,7 +220,12 @@ def _run_stage(config, model, skeleton, mesh, checkpointer, writer, sigterm, tx,
   images_seen, t0 = 0, time.perf_counter()
   while stage_step < num_steps:
     batch = parallel.shard_batch(next(iterator), mesh)
+    shares = None
+    if trunk_gradients is not None and ((stage_step + 1) % log_every == 0 or stage_step + 1 == num_steps):
+      shares = trunk_gradients(state, batch)  # the state and batch this step's update sees
     state, metrics = train_step(state, batch)
+    if shares is not None:
+      metrics = {**metrics, **shares}
     stage_step += 1
     images_seen += scfg.batch_size
     pending.append((stage_step, metrics))

@@ -1,9 +1,12 @@
 """Stage-1 and stage-2 losses (docs/design.md section 5), pure jax.numpy for the jitted train step.
 
-Every term is a masked mean: the sum of the per-element loss over the elements that take part, divided
-by how many elements take part (max(count, 1), so a batch where nothing takes part gives 0, never NaN).
-An element is one heatmap pixel of one channel (L_bone, L_joint), one voxel (L_3D), one (pixel, bin)
-pair (L_depth), one coordinate (L_coord, L_pose). Masked elements are dropped with jnp.where, so
+Every term sums the per-element loss over the elements that take part and divides by a count
+(max(count, 1), so a batch where nothing takes part gives 0, never NaN). An element is one heatmap pixel
+of one channel (L_bone, L_joint), one voxel (L_3D), one (pixel, bin) pair (L_depth), one coordinate
+(L_coord, L_pose). The count is either the number of elements (reduce="mean", a masked mean) or the
+number of samples that take part (reduce="sample_sum": the per-sample sum of the paper's equations,
+averaged over the batch); the dense stage-1 terms take either (config.loss_normalization, docs/design.md
+section 5.3), L_coord and L_pose are always means. Masked elements are dropped with jnp.where, so
 whatever a masked prediction or target holds changes neither the value nor any gradient. Every term
 also respects batch['valid'] (0 for padding). Predictions may be bfloat16; the arithmetic and results
 are float32.
@@ -30,6 +33,15 @@ from cascaded_lift.skeleton import Skeleton
 Array = Any
 
 STAGE1_TERMS = ("bone", "joint", "volume_3d", "depth", "coord")
+# The paper's ablation (Table 4): which stage-1 terms each variant supervises. The network is the same in
+# every variant; the others are switched off by weight alone.
+SUPERVISION = {
+    "baseline": ("coord",),
+    "jh": ("joint", "coord"),
+    "jh_bh": ("bone", "joint", "coord"),
+    "full": STAGE1_TERMS,
+}
+REDUCTIONS = ("mean", "sample_sum")
 GEODESIC_TARGET_MM = 1077.0
 # Joint names on the geodesic path, with stand-ins for joint sets that name them differently
 # (MuCo-3DHP calls the neck base "Thorax" and the mid spine "Spine").
@@ -52,6 +64,37 @@ def masked_mean(values: Array, mask: Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def masked_sample_sum(values: Array, mask: Array) -> jax.Array:
+  """sum(values * mask) / max(samples, 1) in float32: the per-sample sum averaged over the samples that take part.
+
+  Axis 0 of `values` is the batch; a sample takes part when its broadcast mask selects any element.
+  Masked values are replaced by 0 with jnp.where, as in masked_mean.
+  """
+  values = jnp.asarray(values, jnp.float32)
+  mask = jnp.asarray(mask, jnp.float32)
+  if mask.ndim != values.ndim:
+    raise ValueError(f"masked_sample_sum: mask rank {mask.shape} must equal values rank {values.shape}")
+  mask = jnp.broadcast_to(mask, values.shape)
+  total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
+  samples = jnp.sum(jnp.any(mask.reshape(mask.shape[0], -1) > 0, axis=1).astype(jnp.float32))
+  return total / jnp.maximum(samples, 1.0)
+
+
+def _reduce(values: Array, mask: Array, reduce: str) -> jax.Array:
+  if reduce == "mean":
+    return masked_mean(values, mask)
+  if reduce == "sample_sum":
+    return masked_sample_sum(values, mask)
+  raise ValueError(f"losses: reduce must be one of {REDUCTIONS}, got {reduce!r}")
+
+
+def supervised_weights(weights: Mapping[str, float], supervision: str = "full") -> dict[str, float]:
+  """`weights` with every term the `supervision` variant leaves out set to 0 (see SUPERVISION)."""
+  if supervision not in SUPERVISION:
+    raise ValueError(f"supervision must be one of {sorted(SUPERVISION)}, got {supervision!r}")
+  return {k: (float(w) if k in SUPERVISION[supervision] else 0.0) for k, w in weights.items()}
+
+
 def _valid(valid: Array | None, batch_size: int) -> jax.Array:
   return jnp.ones((batch_size,), jnp.float32) if valid is None else jnp.asarray(valid, jnp.float32)
 
@@ -61,49 +104,55 @@ def _check(name: str, pred: Array, target: Array) -> None:
     raise ValueError(f"losses.{name}: prediction {pred.shape} and target {target.shape} differ in shape")
 
 
-def heatmap_mse(pred: Array, target: Array, mask: Array, valid: Array | None = None) -> jax.Array:
-  """Masked mean squared error of (B, H, W, C) heatmaps; mask (B, C) per channel, valid (B,)."""
+def heatmap_mse(pred: Array, target: Array, mask: Array, valid: Array | None = None,
+                reduce: str = "mean") -> jax.Array:
+  """Squared error of (B, H, W, C) heatmaps over channels in mask (B, C) of valid (B,) samples, reduced by
+  `reduce` ("mean" per element, "sample_sum" per sample; module docstring)."""
   _check("heatmap_mse", pred, target)
   w = jnp.asarray(mask, jnp.float32) * _valid(valid, pred.shape[0])[:, None]
   err = jnp.square(jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32))
-  return masked_mean(err, w[:, None, None, :])
+  return _reduce(err, w[:, None, None, :], reduce)
 
 
-def bone_loss(pred: Array, target: Array, bone_mask: Array, valid: Array | None = None) -> jax.Array:
-  """L_bone: MSE of (B, H, W, NB) bone heatmaps over bones whose two joints are visible."""
-  return heatmap_mse(pred, target, bone_mask, valid)
+def bone_loss(pred: Array, target: Array, bone_mask: Array, valid: Array | None = None,
+              reduce: str = "mean") -> jax.Array:
+  """L_bone: squared error of (B, H, W, NB) bone heatmaps over bones whose two joints are visible."""
+  return heatmap_mse(pred, target, bone_mask, valid, reduce)
 
 
-def joint_loss(pred: Array, target: Array, joint_mask: Array, valid: Array | None = None) -> jax.Array:
-  """L_joint: MSE of (B, H, W, J) joint heatmaps over visible joints' channels."""
-  return heatmap_mse(pred, target, joint_mask, valid)
+def joint_loss(pred: Array, target: Array, joint_mask: Array, valid: Array | None = None,
+               reduce: str = "mean") -> jax.Array:
+  """L_joint: squared error of (B, H, W, J) joint heatmaps over visible joints' channels."""
+  return heatmap_mse(pred, target, joint_mask, valid, reduce)
 
 
-def volume_loss(pred: Array, target: Array, has_depth: Array, valid: Array | None = None) -> jax.Array:
-  """L_3D: MSE of the (B, H, W, D) depth-centric volume over samples with depth."""
+def volume_loss(pred: Array, target: Array, has_depth: Array, valid: Array | None = None,
+                reduce: str = "mean") -> jax.Array:
+  """L_3D: squared error of the (B, H, W, D) depth-centric volume over samples with depth."""
   _check("volume_loss", pred, target)
   w = jnp.asarray(has_depth, jnp.float32) * _valid(valid, pred.shape[0])
   err = jnp.square(jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32))
-  return masked_mean(err, w[:, None, None, None])
+  return _reduce(err, w[:, None, None, None], reduce)
 
 
 def ordinal_depth_loss(logits: Array, labels: Array, pixel_mask: Array, has_depth: Array,
-                       valid: Array | None = None) -> jax.Array:
+                       valid: Array | None = None, reduce: str = "mean") -> jax.Array:
   """L_depth: ordinal regression, binary cross-entropy of each logit l_c against [d(p) > c].
 
   Args:
     logits: (B, H, W, D) ordinal logits; s(l_c) estimates P(d > c).
     labels: (B, H, W, D) targets in {0, 1} (cascaded_lift.training.targets.ordinal_depth_labels).
     pixel_mask: (B, H, W) labelled pixels; has_depth, valid: (B,).
+    reduce: "mean" over labelled (pixel, bin) pairs, or "sample_sum" (their sum per sample with depth).
   Returns:
-    float32 mean over labelled (pixel, bin) pairs of softplus(l) - t l = -[t log s(l) + (1-t) log(1-s(l))].
+    float32 reduction of softplus(l) - t l = -[t log s(l) + (1-t) log(1-s(l))].
   """
   _check("ordinal_depth_loss", logits, labels)
   logits = jnp.asarray(logits, jnp.float32)
   t = jnp.asarray(labels, jnp.float32)
   w = (jnp.asarray(pixel_mask, jnp.float32)
        * (jnp.asarray(has_depth, jnp.float32) * _valid(valid, logits.shape[0]))[:, None, None])
-  return masked_mean(jax.nn.softplus(logits) - t * logits, w[..., None])
+  return _reduce(jax.nn.softplus(logits) - t * logits, w[..., None], reduce)
 
 
 def coord_loss(pred: Array, target: Array, mask: Array, valid: Array | None = None) -> jax.Array:
@@ -156,7 +205,7 @@ def geodesic_normalize(pose: Array, skeleton: Skeleton, target_mm: float = GEODE
 
 
 def stage1_loss(outputs: Mapping[str, Array], targets: Mapping[str, Array], batch: Mapping[str, Array],
-                weights: Mapping[str, float]) -> tuple[jax.Array, dict[str, jax.Array]]:
+                weights: Mapping[str, float], reduce: str = "mean") -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted stage-1 loss.
 
   Args:
@@ -165,6 +214,7 @@ def stage1_loss(outputs: Mapping[str, Array], targets: Mapping[str, Array], batc
     batch: for 'has_depth' and 'valid' (B,) (valid optional: all ones when absent).
     weights: exactly the keys bone, joint, volume_3d, depth, coord. A term whose weight is a Python 0
       is skipped (logged as 0), so its output may be absent.
+    reduce: the dense terms' (bone, joint, volume_3d, depth) normalisation, "mean" or "sample_sum".
   Returns:
     (total float32 scalar, {term: unweighted float32 value}).
   """
@@ -173,15 +223,19 @@ def stage1_loss(outputs: Mapping[str, Array], targets: Mapping[str, Array], batc
   if unknown or missing:
     raise KeyError(f"stage1_loss: weights must have exactly {STAGE1_TERMS}; missing {sorted(missing)}, "
                    f"unknown {sorted(unknown)}")
+  if reduce not in REDUCTIONS:
+    raise ValueError(f"stage1_loss: reduce must be one of {REDUCTIONS}, got {reduce!r}")
   has_depth = jnp.asarray(batch["has_depth"], jnp.float32)
   valid = batch.get("valid")
   fns = {
-      "bone": lambda: bone_loss(outputs["bone_heatmaps"], targets["bone_heatmaps"], targets["bone_mask"], valid),
+      "bone": lambda: bone_loss(outputs["bone_heatmaps"], targets["bone_heatmaps"], targets["bone_mask"], valid,
+                                reduce),
       "joint": lambda: joint_loss(outputs["joint_heatmaps"], targets["joint_heatmaps"], targets["joint_mask"],
-                                  valid),
-      "volume_3d": lambda: volume_loss(outputs["depth_volume"], targets["depth_volume"], has_depth, valid),
+                                  valid, reduce),
+      "volume_3d": lambda: volume_loss(outputs["depth_volume"], targets["depth_volume"], has_depth, valid,
+                                       reduce),
       "depth": lambda: ordinal_depth_loss(outputs["ordinal_logits"], targets["ordinal_labels"],
-                                          targets["ordinal_mask"], has_depth, valid),
+                                          targets["ordinal_mask"], has_depth, valid, reduce),
       "coord": lambda: coord_loss(outputs["coords"], targets["coords"], targets["coord_mask"], valid),
   }
   terms, total = {}, jnp.zeros((), jnp.float32)

@@ -10,7 +10,9 @@ Records (pose_builder's single-person schema, SKELETON = skeleton.H36M, 18 joint
   bbox        the annotation's bbox (2D keypoint box enlarged 1.2x), unprocessed.
   ids         image_id (the data file's), subject, action = action_idx (2..16), frame = frame_idx.
   det_*       optional detected box and root position from bbox_root/bbox_root_human36m_output.json
-              matched by image_id (has_det = 0 where the file has no entry or is absent).
+              matched by image_id (has_det = 0 where the file has no entry or is absent). det_bbox is
+              stored as the file holds it: a CROP box (RootNet squared it and enlarged it 1.25x), which
+              the pipeline crops as it is (data/schema.py); bbox stays the unprocessed PERSON box.
 
 Configs: ``protocol1`` (train S1, S5, S6, S7, S8 / test S9, S11) and ``protocol2`` (train S1, S5, S6,
 S7, S8, S9 / test S11); train every 5th frame, test every 64th (frame_idx % n == 0). Subjects and
@@ -133,6 +135,7 @@ class Builder(pose_builder.PoseDatasetBuilder):
     det_path = root / src.DETECTIONS_FILE
     if cfg.use_detections and det_path.exists():
       detections = src.load_detections(manual_io.load_json(self.name, det_path), det_path.name)
+      pose_builder.check_crop_boxes(self.name, [d[0] for d in detections.values()], det_path.name)
       log.info("%s: %d detections from %s", self.name, len(detections), det_path)
     else:
       log.info("%s: no detections (%s %s)", self.name, det_path,

@@ -14,7 +14,9 @@ SKELETON = skeleton.MUCO, 21 joints, a "test" split only):
                         name ("TS3/img_000120.jpg" -> 3, 120); image_id = the file's image id.
   det_bbox (N, 4), det_root_cam (N, 3), has_det
                         the image's entries of bbox_root_mupots_output.json when that file is present
-                        (has_det = 1 and N may be 0), else has_det = 0.
+                        (has_det = 1 and N may be 0), else has_det = 0. The boxes are stored as the
+                        file holds them: CROP boxes (RootNet squared and enlarged them 1.25x), which
+                        the MuPoTS driver crops as they are (data/schema.py); bbox holds PERSON boxes.
 Frames without any annotation are kept (P = 0) so that detection-based evaluation sees every frame.
 """
 
@@ -170,6 +172,7 @@ class Builder(pose_builder.PoseDatasetBuilder):
     if cfg.use_detections and det_path is not None:
       detections = load_detections(manual_io.load_json(self.name, det_path), det_path.name,
                                    {fr["image_id"] for fr in frames})
+      pose_builder.check_crop_boxes(self.name, [b for d in detections.values() for b in d[0]], det_path.name)
       log.info("%s: detections for %d images from %s", self.name, len(detections), det_path)
     empty = (np.zeros((0, 4)), np.zeros((0, 3)))
     for fr, data, reason in manual_io.iter_jpegs(frames, lambda fr: root / IMAGE_DIR / fr["file_name"],

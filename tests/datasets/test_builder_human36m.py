@@ -1,6 +1,7 @@
 """Human3.6M builder: dummy_data and the real fixture frames, against plain-NumPy references."""
 
 import json
+import logging
 import pathlib
 import pickle
 import re
@@ -88,6 +89,23 @@ def test_protocol1_dummy_records_match_the_annotation_files(tmp_path):
         assert float(r["has_det"]) == 0.0 and not r["det_bbox"].any()
   # Frame 5's L_Shoulder is annotated invisible, so its Thorax is too.
   assert train[1]["joints_vis"][11] == 0 and train[1]["joints_vis"][17] == 0
+
+
+def test_detected_boxes_are_stored_as_the_file_holds_them_and_tight_ones_warned(tmp_path, caplog):
+  """det_bbox keeps the bbox_root file's box (a crop box, data/schema.py); a box that is not square
+  cannot be one RootNet wrote, and the build says so (and still stores it as given)."""
+  manual = _copy_dummy(tmp_path)
+  path = manual / h36m_source.DETECTIONS_FILE
+  dets = json.loads(path.read_text())
+  dets[0]["bbox"] = [10.0, 20.0, 30.0, 60.0]  # a tight detector box, 1:2
+  path.write_text(json.dumps(dets))
+  with caplog.at_level(logging.WARNING):
+    builder = _build(manual, tmp_path / "tfds")
+  assert "1 of 2 detected boxes are not square" in caplog.text and "bbox_root_human36m_output.json" in caplog.text
+  stored = {int(r["image_id"]): r["det_bbox"] for r in _records(builder, "test") if float(r["has_det"])}
+  np.testing.assert_allclose(stored[dets[0]["image_id"]], [10.0, 20.0, 30.0, 60.0])
+  np.testing.assert_allclose(stored[dets[1]["image_id"]], dets[1]["bbox"], rtol=1e-6)
+  assert pose_builder.check_crop_boxes("x", np.array(dets[1]["bbox"])[None], "f.json") == 0
 
 
 def test_protocol2_moves_s9_into_training(tmp_path):

@@ -53,6 +53,44 @@ def test_bone_tree_walks_outwards_from_the_pelvis():
     assert parents[j] == MUCO.root or pos[parents[j]] < pos[j]
 
 
+def test_official_tree_hangs_head_top_off_thorax():
+  """The official script's parents (mpii_get_joints('relevant'), o1), 1-based there."""
+  official_o1 = [2, 16, 2, 3, 4, 2, 6, 7, 15, 9, 10, 15, 12, 13, 15, 15, 2]
+  order, parents = me.bone_tree(MUCO, rule="official")
+  for j, p in enumerate(official_o1):
+    assert parents[j] == (-1 if j == MUCO.root else p - 1), MUCO.joint_names[j]
+  pos = {j: i for i, j in enumerate(order)}
+  assert sorted(order) == [j for j in range(17) if j != MUCO.root]
+  assert all(parents[j] == MUCO.root or pos[parents[j]] < pos[j] for j in order)
+  with pytest.raises(ValueError, match="unknown rule"):
+    me.bone_tree(MUCO, rule="mpii")
+  from cascaded_lift.skeleton import H36M
+  with pytest.raises(ValueError, match="needs joint 'Head_top'"):
+    me.bone_tree(H36M, rule="official")
+
+
+def test_default_rescaling_is_the_official_one():
+  """Head_top off Thorax (official) or off Head (MUCO bones): the trees give different Head_top errors
+  when the predicted head leans, and the evaluator's default is the official tree."""
+  head_top, head = _names("Head_top", "Head")
+  pred = REL.copy()
+  pred[head] += [60.0, 0.0, 0.0]  # the head leans: Head moves, Head_top stays
+  errors = {}
+  for tree in ("official", "skeleton"):
+    order, parents = me.bone_tree(MUCO, rule=tree)
+    out = me.rescale_to_bone_lengths(pred, REL, order, parents)
+    errors[tree] = np.linalg.norm(out[head_top] - REL[head_top])
+  # Official: Head_top keeps its direction from Thorax (unchanged) and its true length: no error.
+  assert errors["official"] == pytest.approx(0.0, abs=1e-9)
+  assert errors["skeleton"] > 10.0
+  default = me.MuPoTSEvaluator()
+  assert default.bone_tree == "official" and default.matching == "mpii" and default.match_threshold == 40.0
+  np.testing.assert_array_equal(default.parents, me.bone_tree(MUCO, rule="official")[1])
+  assert me.MuPoTSEvaluator(bone_tree="skeleton").parents[head_top] == head
+  with pytest.raises(ValueError, match="unknown bone_tree"):
+    me.MuPoTSEvaluator(bone_tree="muco")
+
+
 def test_rescale_keeps_directions_and_takes_gt_lengths():
   rng = np.random.default_rng(0)
   pred = rng.normal(size=(17, 3)) * 300

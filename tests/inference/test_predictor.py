@@ -1,6 +1,7 @@
-"""Predictor on real COCO images: the evaluation crop, 2D joints in image px against a hand-written
-reference (model.apply + NumPy flip averaging), camera space (reprojection, distance prior), the
-person-batch buckets, checkpoints, and the errors for bad input."""
+"""Predictor on real COCO images: the evaluation crop, person boxes processed once and crop boxes not at
+all (against an independent 3DMPPE reference, reference_3dmppe.py), 2D joints in image px against a
+hand-written reference (model.apply + NumPy flip averaging), camera space (reprojection, distance
+prior), the person-batch buckets, checkpoints, and the errors for bad input."""
 
 import json
 import pathlib
@@ -9,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+import reference_3dmppe as ref
 from cascaded_lift import geometry
 from cascaded_lift.inference import host
 from cascaded_lift.inference import predictor as inference
@@ -111,6 +113,36 @@ def test_predictor_on_coco_images(fixtures_dir, predictor):
   ref_2d, ref_3d = _reference(predictor, np.concatenate(crops), np.stack(crop_boxes))
   np.testing.assert_allclose(np.stack([p.joints_2d for p in results]), ref_2d, atol=2e-3)
   np.testing.assert_allclose(np.stack([p.pose_3d for p in results]), ref_3d, atol=2e-2)
+
+
+def test_person_boxes_are_processed_once_and_crop_boxes_used_as_they_are(fixtures_dir, predictor):
+  """Tolerance: crops within 1 grey level of 3DMPPE's warp (its matrix comes from float32 points), under
+  0.01 on average; the same crop boxes give the same network output."""
+  path, boxes = _coco(fixtures_dir, 40083)
+  image = host.read_image(path)
+  h, w = image.shape[:2]
+  expect = np.stack([ref.process_bbox(b, w, h) for b in boxes])  # 3DMPPE's process_bbox, once
+  people = predictor.predict(image, boxes, focal=500.0)
+  np.testing.assert_allclose(np.stack([p.crop_box for p in people]), expect, rtol=1e-12, atol=1e-9)
+  crops = host.crop_people(image, expect, predictor.image_size)  # the crop the Predictor runs on
+  for i, box in enumerate(expect):
+    mean, worst = ref.grey_difference(crops[i], ref.crop(image, box, predictor.image_size))
+    assert mean < 0.01 and worst <= 1.0, (i, mean, worst)
+  # The same windows given as crop boxes (as a bbox_root file holds them) are not processed again.
+  as_crop = predictor.predict(image, expect, focal=500.0, box_kind="crop")
+  for a, b, box in zip(people, as_crop, expect):
+    np.testing.assert_array_equal(b.box, box)
+    np.testing.assert_allclose(b.crop_box, a.crop_box, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(b.joints_2d, a.joints_2d, atol=1e-4)
+    np.testing.assert_allclose(b.pose_3d, a.pose_3d, atol=1e-3)
+    assert b.root_depth == pytest.approx(a.root_depth, rel=1e-9)  # the prior reads the crop window
+  # Processing them again (the old behaviour for detections) would enlarge the window 1.25x more.
+  twice = predictor.predict(image, expect)
+  assert all(p.crop_box[2] > 1.2 * box[2] for p, box in zip(twice, expect))
+  with pytest.raises(ValueError, match="box_kind must be one of"):
+    predictor.predict(image, boxes, box_kind="detected")
+  with pytest.raises(ValueError, match=r"crop box 0 \[900.0, 10.0, 50.0, 50.0\] lies outside"):
+    predictor.predict(image, [[900, 10, 50, 50]], box_kind="crop")
 
 
 def test_camera_space_root_depths(fixtures_dir, predictor):

@@ -44,14 +44,17 @@ def make_case(seed):
 
 # ---------------------------------------------------------------- NumPy references (loops on purpose)
 
-def ref_stage1(outputs, targets, batch):
+def ref_stage1(outputs, targets, batch, reduce="mean"):
+  """Per-term sums over the elements that take part, divided by their count ("mean") or, for the dense
+  terms, by the number of samples that take part ("sample_sum")."""
   has_depth, valid = batch["has_depth"], batch["valid"]
-  sums, counts = {k: 0.0 for k in WEIGHTS}, {k: 0 for k in WEIGHTS}
+  sums, counts, samples = {k: 0.0 for k in WEIGHTS}, {k: 0 for k in WEIGHTS}, {k: 0 for k in WEIGHTS}
   for b in range(B):
     if not valid[b]:
       continue
     for key, out_key, mask in (("bone", "bone_heatmaps", targets["bone_mask"]),
                                ("joint", "joint_heatmaps", targets["joint_mask"])):
+      samples[key] += int(any(mask[b]))
       for c in range(mask.shape[1]):
         if mask[b, c]:
           sums[key] += float(np.sum((outputs[out_key][b, ..., c].astype(np.float64)
@@ -61,6 +64,8 @@ def ref_stage1(outputs, targets, batch):
       sums["volume_3d"] += float(np.sum((outputs["depth_volume"][b].astype(np.float64)
                                          - targets["depth_volume"][b]) ** 2))
       counts["volume_3d"] += H * W * D
+      samples["volume_3d"] += 1
+      samples["depth"] += int(targets["ordinal_mask"][b].any())
       for i in range(H):
         for k in range(W):
           if targets["ordinal_mask"][b, i, k]:
@@ -74,6 +79,8 @@ def ref_stage1(outputs, targets, batch):
         if targets["coord_mask"][b, j, a]:
           sums["coord"] += abs(float(outputs["coords"][b, j, a]) - float(targets["coords"][b, j, a]))
           counts["coord"] += 1
+  if reduce == "sample_sum":
+    counts = {k: (samples[k] if k != "coord" else counts[k]) for k in WEIGHTS}
   return {k: sums[k] / max(counts[k], 1) for k in WEIGHTS}
 
 
@@ -97,6 +104,43 @@ def test_stage1_terms_match_reference():
     assert terms[k].dtype == jnp.float32
     np.testing.assert_allclose(terms[k], ref[k], rtol=2e-5, err_msg=k)
   np.testing.assert_allclose(total, sum(WEIGHTS[k] * ref[k] for k in WEIGHTS), rtol=2e-5)
+
+
+def test_sample_sum_terms_match_reference():
+  outputs, targets, batch = make_case(3)
+  total, terms = jax.jit(lambda o, t, b: ls.stage1_loss(o, t, b, WEIGHTS, "sample_sum"))(outputs, targets, batch)
+  ref = ref_stage1(outputs, targets, batch, "sample_sum")
+  mean_terms = ref_stage1(outputs, targets, batch)
+  for k in WEIGHTS:
+    np.testing.assert_allclose(terms[k], ref[k], rtol=2e-5, err_msg=k)
+    if k != "coord":  # a per-sample sum is many elements' worth of the mean
+      assert float(terms[k]) > 50 * mean_terms[k], k
+  np.testing.assert_allclose(total, sum(WEIGHTS[k] * ref[k] for k in WEIGHTS), rtol=2e-5)
+  with pytest.raises(ValueError, match="reduce must be one of"):
+    ls.stage1_loss(outputs, targets, batch, WEIGHTS, "sum")
+
+
+def test_masked_sample_sum_hand_worked():
+  values = np.arange(12, dtype=np.float32).reshape(3, 4)
+  mask = np.array([[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]], np.float32)
+  # samples 0 and 2 take part: (0 + 2 + 9) / 2
+  np.testing.assert_allclose(ls.masked_sample_sum(values, mask), 5.5)
+  np.testing.assert_allclose(ls.masked_sample_sum(values, np.zeros_like(mask)), 0.0)
+
+
+@pytest.mark.parametrize("supervision,kept", [("baseline", {"coord"}), ("jh", {"joint", "coord"}),
+                                              ("jh_bh", {"bone", "joint", "coord"}), ("full", set(WEIGHTS))])
+def test_supervision_switch_zeroes_terms_and_their_gradients(supervision, kept):
+  outputs, targets, batch = make_case(4)
+  weights = ls.supervised_weights(WEIGHTS, supervision)
+  assert {k for k, w in weights.items() if w} == kept
+  assert all(weights[k] == WEIGHTS[k] for k in kept)
+  grads = jax.grad(lambda o: ls.stage1_loss(o, targets, batch, weights)[0])(outputs)
+  for term, key in (("bone", "bone_heatmaps"), ("joint", "joint_heatmaps"), ("volume_3d", "depth_volume"),
+                    ("depth", "ordinal_logits"), ("coord", "coords")):
+    assert bool(np.any(np.asarray(grads[key]) != 0)) == (term in kept), (supervision, term)
+  with pytest.raises(ValueError, match="supervision must be one of"):
+    ls.supervised_weights(WEIGHTS, "jh_dc")
 
 
 def test_ordinal_loss_matches_torch():
