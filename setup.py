@@ -57,6 +57,7 @@ setup(
     entry_points={
         "console_scripts": [
             "cascaded-lift-build=cascaded_lift.datasets.build:main",
+            "cascaded-lift-import-released=cascaded_lift.training.released_cli:main",
             "cascaded-lift-predict=cascaded_lift.inference.cli:main",
             "cascaded-lift-weights=cascaded_lift.weights.cli:main",
         ],

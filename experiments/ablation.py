@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--config", default="configs/synthetic.py", help="the config every run starts from")
   p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
   p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (config.seed and config.data.seed)")
-  p.add_argument("--stage1_steps", type=int, default=2000, help="stage-1 steps of each run (0: the config's)")
+  p.add_argument("--stage1_steps", type=int, default=1600, help="stage-1 steps of each run (0: the config's)")
   p.add_argument("--stage2_steps", type=int, default=1500, help="stage-2 steps of each run (0: the config's)")
   p.add_argument("--data_dir", default="", help="dataset folder shared by the runs (default out_dir/data)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -233,7 +233,10 @@ class ResFC(nn.Module):
 
 
 class SpecNet(nn.Module):
-  """The whole network; forward(images (B, 3, S, S) 0..255, boxes (B, 4)) -> dict of NCHW outputs."""
+  """The whole network; forward(images (B, 3, S, S) 0..255, boxes (B, 4)) -> dict of NCHW outputs.
+
+  normalized=True: the images are already (x - MEAN) / STD, as the authors' data loader hands them over.
+  """
 
   def __init__(self, **cfg):
     super().__init__()
@@ -246,10 +249,10 @@ class SpecNet(nn.Module):
       setattr(self, f"block{k}", ResFC(w, cfg["lifter_layers_per_block"]))
     self.fc2 = nn.Linear(w, 3 * j)
 
-  def forward(self, images, boxes):
+  def forward(self, images, boxes, normalized: bool = False):
     cfg, p = self.cfg, self.posenet
     j, d = cfg["num_joints"], cfg["depth_bins"]
-    x = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    x = images if normalized else (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     c5 = p.backbone(x)
     up = p.up(c5)
     limb, bone_hm = p.limb(c5)

@@ -27,7 +27,7 @@ from cascaded_lift.errors import CheckpointError, ConfigError
 from cascaded_lift import skeleton as skeleton_lib
 from cascaded_lift.data import pipeline as data_pipeline
 from cascaded_lift.models.build import check_heatmap_size
-from cascaded_lift.training import optim, parallel
+from cascaded_lift.training import init_checkpoint, optim, parallel, released
 from cascaded_lift.training.builders import backbone_weights_path, init_variables, load_pretrained
 from cascaded_lift.training import workdir as workdir_lib
 from cascaded_lift.training.checkpoints import ON_DAMAGED, Checkpointer
@@ -115,8 +115,9 @@ def train(config: Any, workdir: str | pathlib.Path) -> dict[str, Any]:
   Returns the final {'params', 'batch_stats'} (replicated over the mesh).
   """
   # Before anything is created or compiled: "" or an ImageNet name not yet fetched stops here with the
-  # command to run, instead of after the data build (or silently as a random start).
-  backbone_weights_path(config)
+  # command to run, instead of after the data build (or silently as a random start); so does a missing
+  # config.init.checkpoint on a fresh run.
+  init_checkpoint.check_start(config, workdir)
   workdir = workdir_lib.check_output_dir(workdir, "--workdir")
   with contextlib.ExitStack() as stack:
     # Before anything starts the JAX backend's threads: malloc options act on arenas created later.
@@ -158,13 +159,18 @@ def _train(config: Any, workdir: pathlib.Path) -> dict[str, Any]:
   model = platform.build_model(config)
   check_heatmap_size(config, model)
   checkpointer, resume_meta = _open_checkpoints(config, workdir)
+  released.check_not_imported(resume_meta, workdir)  # before config.json there is rewritten
   if is_chief:
     workdir_lib.check_resume(config, workdir, resuming=resume_meta is not None)
   writer = MetricWriter(workdir, enabled=is_chief)
   replicated = parallel.replicated_sharding(mesh)
   rng = jax.random.key(config.seed)
   variables = init_variables(model, config, rng, replicated)
-  variables = load_pretrained(variables, backbone_weights_path(config), replicated)
+  if config.init.get("checkpoint"):  # fine-tuning; a resumed run restores its own checkpoint instead
+    if not resume_meta:
+      variables = init_checkpoint.load(variables, config, replicated)
+  else:
+    variables = load_pretrained(variables, backbone_weights_path(config), replicated)
 
   if resume_meta:
     logging.info("resuming from %s at stage %d, step %d", checkpointer.directory, resume_meta["stage"],
