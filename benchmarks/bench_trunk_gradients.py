@@ -18,7 +18,6 @@ import importlib.util
 import pathlib
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +45,9 @@ def load_config(path: str):
 
 def median_ms(fn, *args, repeats: int) -> tuple[float, float]:
   """(first call incl. compile, median of `repeats` calls) in ms."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = (time.perf_counter() - t0) * 1e3
-  runs = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    runs.append((time.perf_counter() - t0) * 1e3)
-  return first, statistics.median(runs)
+  call = lambda: jax.block_until_ready(fn(*args))
+  first = common.time_call(call) * 1e3
+  return first, statistics.median(common.time_call(call) * 1e3 for _ in range(repeats))
 
 
 def main() -> None:

@@ -67,3 +67,15 @@ def build(tmp: pathlib.Path, with_detections: bool) -> str:
 def spec(data_dir: str, split: str = "test", **fields) -> dict:
   """A dataset spec {name, split, config, data_dir} for the built fixture set, plus `fields`."""
   return {"name": "human36m", "split": split, "config": CONFIG_NAME, "data_dir": data_dir, **fields}
+
+
+@pytest.fixture(scope="module")
+def with_dets(tmp_path_factory) -> str:
+  """A data_dir with the fixture frames built with a bbox_root file (the tests import this fixture)."""
+  return build(tmp_path_factory.mktemp("h36m_det"), with_detections=True)
+
+
+@pytest.fixture(scope="module")
+def without_dets(tmp_path_factory) -> str:
+  """A data_dir with the fixture frames built without detections."""
+  return build(tmp_path_factory.mktemp("h36m_gt"), with_detections=False)

@@ -16,8 +16,8 @@ Masks (decisions; see cascaded_lift.training.targets for how the targets' masks 
 - L_3D: samples with depth. L_depth: labelled pixels of samples with depth.
 - L_coord: per coordinate, targets['coord_mask'] (z only for samples with depth).
 - L_pose: visible joints of samples with depth.
-L_depth is the binary cross-entropy of eq. 4 (with the minus sign) averaged over labelled pixels and
-all D bins, i.e. 1/D times the per-pixel sum of the paper's formula.
+L_depth is the binary cross-entropy of eq. 4 (with the minus sign) over labelled pixels and all D bins:
+their sum per sample ("sample_sum") or their mean, 1/D times the per-pixel mean of the paper's sum.
 """
 
 from __future__ import annotations
@@ -55,13 +55,18 @@ def masked_mean(values: Array, mask: Array) -> jax.Array:
   mask selects. Masked values are replaced by 0 with jnp.where, so they neither change the result nor
   receive gradient.
   """
+  total, mask = _masked_total("masked_mean", values, mask)
+  return total / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _masked_total(name: str, values: Array, mask: Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of values * mask over mask > 0, the mask broadcast to values' shape), float32."""
   values = jnp.asarray(values, jnp.float32)
   mask = jnp.asarray(mask, jnp.float32)
   if mask.ndim != values.ndim:
-    raise ValueError(f"masked_mean: mask rank {mask.shape} must equal values rank {values.shape}")
+    raise ValueError(f"{name}: mask rank {mask.shape} must equal values rank {values.shape}")
   mask = jnp.broadcast_to(mask, values.shape)
-  total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
-  return total / jnp.maximum(jnp.sum(mask), 1.0)
+  return jnp.sum(jnp.where(mask > 0, values * mask, 0.0)), mask
 
 
 def masked_sample_sum(values: Array, mask: Array) -> jax.Array:
@@ -70,12 +75,7 @@ def masked_sample_sum(values: Array, mask: Array) -> jax.Array:
   Axis 0 of `values` is the batch; a sample takes part when its broadcast mask selects any element.
   Masked values are replaced by 0 with jnp.where, as in masked_mean.
   """
-  values = jnp.asarray(values, jnp.float32)
-  mask = jnp.asarray(mask, jnp.float32)
-  if mask.ndim != values.ndim:
-    raise ValueError(f"masked_sample_sum: mask rank {mask.shape} must equal values rank {values.shape}")
-  mask = jnp.broadcast_to(mask, values.shape)
-  total = jnp.sum(jnp.where(mask > 0, values * mask, 0.0))
+  total, mask = _masked_total("masked_sample_sum", values, mask)
   samples = jnp.sum(jnp.any(mask.reshape(mask.shape[0], -1) > 0, axis=1).astype(jnp.float32))
   return total / jnp.maximum(samples, 1.0)
 

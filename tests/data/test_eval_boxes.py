@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import h36m_fixture
+from h36m_fixture import with_dets, without_dets  # noqa: F401  (pytest fixtures)
 import reference_3dmppe as ref
 from cascaded_lift import geometry
 from cascaded_lift import skeleton
@@ -22,16 +23,6 @@ from cascaded_lift.data import sources
 from cascaded_lift.data import transforms
 
 S = 256
-
-
-@pytest.fixture(scope="module")
-def with_dets(tmp_path_factory):
-  return h36m_fixture.build(tmp_path_factory.mktemp("h36m_det"), with_detections=True)
-
-
-@pytest.fixture(scope="module")
-def without_dets(tmp_path_factory):
-  return h36m_fixture.build(tmp_path_factory.mktemp("h36m_gt"), with_detections=False)
 
 
 def _cfg(data_dir, boxes, image_size=S, jpeg_reduce=True):

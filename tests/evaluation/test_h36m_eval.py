@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 import h36m_fixture
+from h36m_fixture import with_dets, without_dets  # noqa: F401  (pytest fixtures)
 from cascaded_lift.evaluation import evaluate as evaluate_lib
 from cascaded_lift.evaluation import h36m
 from cascaded_lift.inference import predictor as inference
@@ -25,16 +26,6 @@ def _config(data_dir, *extra):
   sets = TINY + [f"{s}.{k}={v}" for s in ("data.train_3d", "data.eval")
                  for k, v in (("config", h36m_fixture.CONFIG_NAME), ("data_dir", data_dir))]
   return load_config(str(REPO / "configs" / "h36m.py"), [f"--config.{s}" for s in sets + list(extra)])
-
-
-@pytest.fixture(scope="module")
-def with_dets(tmp_path_factory):
-  return h36m_fixture.build(tmp_path_factory.mktemp("h36m_det"), with_detections=True)
-
-
-@pytest.fixture(scope="module")
-def without_dets(tmp_path_factory):
-  return h36m_fixture.build(tmp_path_factory.mktemp("h36m_gt"), with_detections=False)
 
 
 @pytest.fixture(scope="module")
