@@ -12,8 +12,8 @@ change (training/losses.SUPERVISION):
   baseline  L_coord only               jh     + joint heatmaps
   jh_bh     + bone heatmaps            full   + depth-centric volume and ordinal depth
 
-The defaults are the study in docs/ablation.md (about 90 minutes on 2 CPU cores); --config, --steps
-and --set make shorter ones, e.g. the test's tiny run:
+The defaults are the study in docs/ablation.md (about 70 minutes on 2 CPU cores); --config, --stage1_steps,
+--stage2_steps and --set make other ones, e.g. the test's tiny run:
   python experiments/ablation.py --out_dir /tmp/abl --config configs/tiny.py --seeds 0 \\
       --stage1_steps 2 --stage2_steps 1
 """

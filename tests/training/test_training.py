@@ -67,6 +67,11 @@ def _assert_same_params(a: dict, b: dict, rtol: float, atol: float) -> None:
 
 
 _NO_EVAL = ("--config.eval.enabled=False",)
+# The device-count comparisons train under the masked-mean losses with unit weights: the per-sample sums
+# of the default (docs/design.md section 5.3) make the gradients about 100x larger, and SGD steps that
+# large amplify the float32 reordering of an 8-way batch split past any useful tolerance in 3 steps
+# (measured: 1.3e-2 absolute, 4e-4 relative on the default losses). What is compared is the mesh.
+_SMALL_LOSSES = ("--config.loss_normalization=mean", "--config.loss_weights.coord=1.0")
 
 
 def _train_on_one_and_eight_devices(tmp_path, overrides, cpu_conv: str) -> dict[int, pathlib.Path]:
@@ -82,7 +87,7 @@ def _train_on_one_and_eight_devices(tmp_path, overrides, cpu_conv: str) -> dict[
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_eight_devices_match_one_device(tmp_path, optimizer):
-  overrides = (*_NO_EVAL, "--config.stage1.num_steps=3", "--config.stage2.enabled=False",
+  overrides = (*_NO_EVAL, *_SMALL_LOSSES, "--config.stage1.num_steps=3", "--config.stage2.enabled=False",
                "--config.checkpoint.every_steps=1", f"--config.stage1.optimizer={optimizer}",
                "--config.stage1.learning_rate=0.01" if optimizer == "sgd" else "--config.stage1.learning_rate=0.001")
   # XLA's own convolutions on both sides: their per-example arithmetic does not depend on how the
@@ -122,7 +127,7 @@ def test_eight_devices_match_one_device(tmp_path, optimizer):
 def test_eight_devices_match_one_device_with_onednn_kernels(tmp_path, onednn_kernels):
   """The oneDNN custom calls are batch-partitioned (conv_ops): one SGD step on 8 devices (one example
   each) equals the step on one device (all 8)."""
-  overrides = (*_NO_EVAL, "--config.stage1.num_steps=1", "--config.stage2.enabled=False",
+  overrides = (*_NO_EVAL, *_SMALL_LOSSES, "--config.stage1.num_steps=1", "--config.stage2.enabled=False",
                "--config.stage1.optimizer=sgd", "--config.stage1.learning_rate=0.01")
   runs = _train_on_one_and_eight_devices(tmp_path, overrides, "onednn")
   (a,), (b,) = _metrics(runs[1]), _metrics(runs[8])
@@ -140,7 +145,7 @@ def _free_port() -> int:
 def test_two_processes_with_jax_distributed(tmp_path):
   port = _free_port()
   workdir = tmp_path / "dist"
-  overrides = (*_NO_EVAL, "--config.stage1.num_steps=2", "--config.stage2.num_steps=1")
+  overrides = (*_NO_EVAL, *_SMALL_LOSSES, "--config.stage1.num_steps=2", "--config.stage2.num_steps=1")
   procs = []
   for pid in range(2):
     env = _env(1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid))
