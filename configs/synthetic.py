@@ -8,7 +8,7 @@ with C5 at stride 16, 96x96 crops, one deconv to 12x12 maps, 16 depth bins) thro
 (2400 + 2500 steps), then writes eval/metrics.json and plots. Compare mpjpe with mean_pose_mpjpe (the
 error of always predicting the training mean pose) in metrics.json to see how much it learned.
 
-Measured (2-core CPU): 7 min 14 s of CPU time per core (a run that shared the machine took 15 min) including the dataset build; MPJPE 135.9 mm, PA-MPJPE 108.3 mm,
+Measured (2-core CPU): 8 min 7 s including the dataset build; MPJPE 135.9 mm, PA-MPJPE 108.3 mm,
 3DPCK 66.7 % against a mean pose of 294.6 mm (ratio 0.46), with the stage-1 loss settings of
 configs/default.py (per-sample sums, coord weight 50; docs/design.md section 5.3). The sizes below
 were chosen under the earlier masked-mean losses (MPJPE 144.4 mm).
