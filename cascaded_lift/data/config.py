@@ -30,7 +30,7 @@ Fields (defaults in :func:`default_data_config`):
                  when the crop shrinks the image at least that much: several times faster on
                  1000x1000 frames and anti-aliased; the crop geometry is exact either way. Evaluation
                  crops always warp the full-resolution image, as the authors' code does, so with it
-                 the training crops are slightly smoother than the test crops (README, Evaluation).
+                 the training crops are slightly smoother than the test crops (docs/evaluation.md).
   worker_count   grain worker processes (0 = in the calling process; tests use 0).
   worker_buffer_size  batches each worker prefetches.
   read_threads   threads that read and preprocess examples within a process (cv2 releases the GIL).
