@@ -120,7 +120,12 @@ def init_variables(cfg: dict[str, Any], size: int) -> dict[str, Any]:
   """The model's float32 {'params', 'batch_stats'}: the same for every dtype and LayerOps (one compile)."""
   model = CascadedLiftNet(**cfg)
   images, boxes = jnp.zeros((1, size, size, 3), jnp.uint8), jnp.ones((1, 4), jnp.float32)
-  return jax.jit(lambda k: model.init(k, images, boxes, train=False))(jax.random.key(0))
+  key = jax.random.key(0)
+  lowered = jax.jit(lambda k: model.init(k, images, boxes, train=False)).lower(key)
+  # On CPU (the script's own test) without LLVM's optimisations: XLA:CPU spends most of a minute optimising
+  # the threefry random bits of a program that runs once (cascaded_lift/platform.py, init_compiler_options).
+  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+  return lowered.compile(compiler_options=options)(key)
 
 
 def jax_modes(cfg: dict[str, Any], variables: dict[str, Any], ops: LayerOps, dtype: str, batch: int, size: int,

@@ -87,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   # The CPU forms' settings, used only when they are chosen. host_malloc "retain" makes glibc keep freed
   # memory for reuse on a CPU backend (cpu/hostmem.py; docs/design.md section 10): it removed XLA:CPU's
   # per-step page faults, at the cost of keeping the peak heap; off unless a config asks for it.
-  c.cpu = ml_collections.ConfigDict(dict(conv="auto", kernel_grad="auto", deconv="auto", host_malloc="default"))
+  # init_compile "fast" compiles the one-off parameter initialisation without LLVM's optimisations on a
+  # CPU backend (13 s less per run; values within 1 ulp; platform.init_compiler_options).
+  c.cpu = ml_collections.ConfigDict(dict(conv="auto", kernel_grad="auto", deconv="auto", host_malloc="default",
+                                         init_compile="fast"))
   c.eval = ml_collections.ConfigDict(dict(enabled=True, batch_size=64, flip_test=True, num_plot_examples=4))
   return c

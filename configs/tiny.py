@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.stage2.num_steps = 2
   c.stage2.decay_epochs = (0.5,)
   c.init.backbone_weights = "none"  # a random start on purpose: no ImageNet weights fit this network
+  # The per-term trunk-gradient logging compiles one pull-back per loss term: in runs of a few steps that
+  # is most of the compile time. Tests of it (and experiments/ablation.py) turn it on.
+  c.trunk_gradients.enabled = False
   c.checkpoint.every_steps = 2
   c.checkpoint.async_save = False
   c.log_every_steps = 1

@@ -68,7 +68,9 @@ def run_overrides(args: argparse.Namespace, variant: str, seed: int, data_dir: p
   """train.py's --config.* flags for one run."""
   flags = [f"--config.supervision={variant}", f"--config.seed={seed}", f"--config.data.seed={seed}",
            f"--config.data.train_3d.data_dir={data_dir}", f"--config.data.eval.data_dir={data_dir}",
-           "--config.progress_bar=False"]
+           "--config.progress_bar=False",
+           # The study reports each term's share of the trunk gradient, whatever the config's default.
+           "--config.trunk_gradients.enabled=True"]
   for stage, steps in ((1, args.stage1_steps), (2, args.stage2_steps)):
     if steps:
       # The config's step decay stays at the same fraction of the stage (scaled_decay).

@@ -14,6 +14,25 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"cascaded_lift_test_jax_cache_{os.getuid()}"))
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+  parser.addoption("--full-size", action="store_true", default=False,
+                   help="also run the tests marked full_size (the full ResNet-50 network end to end; minutes)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+  # The slow end-to-end runs first (a stable sort keeps each module's order): with `-n 2` the workers
+  # then share them from the start, instead of one of them finishing the last long run alone.
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+  # The README's test command stays quick on 2 cores: full-size networks run only when asked for.
+  if config.getoption("--full-size"):
+    return
+  skip = pytest.mark.skip(reason="full-size network: run with --full-size")
+  for item in items:
+    if "full_size" in item.keywords:
+      item.add_marker(skip)
+
+
 FIXTURES = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 

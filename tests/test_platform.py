@@ -15,6 +15,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import flax.linen as flax_nn
 import ml_collections
 import numpy as np
 import pytest
@@ -229,7 +230,8 @@ NUMERICS_SIZE, NUMERICS_BATCH = 64, 4
 def standard_run():
   """(variables, images, boxes, the run of the standard forms) with variables from one model.init of the
   STANDARD_OPS network."""
-  model = platform.build_model(_config("standard", image_size=NUMERICS_SIZE), platform="cpu")
+  config = _config("standard", image_size=NUMERICS_SIZE)
+  model = platform.build_model(config, platform="cpu")
   assert model.ops is STANDARD_OPS
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (NUMERICS_BATCH, NUMERICS_SIZE, NUMERICS_SIZE, 3)), jnp.uint8)
@@ -238,7 +240,8 @@ def standard_run():
   b = NUMERICS_BATCH
   boxes = jnp.asarray(np.stack([rng.uniform(0, 100, b), rng.uniform(0, 100, b), rng.uniform(150, 300, b),
                                 rng.uniform(150, 300, b)], -1), jnp.float32)
-  variables = jax.jit(lambda k: model.init(k, images, boxes, train=False))(jax.random.key(0))
+  init = jax.jit(lambda k: model.init(k, images, boxes, train=False)).lower(jax.random.key(0))
+  variables = init.compile(compiler_options=platform.init_compiler_options(config, "cpu"))(jax.random.key(0))
   return variables, images, boxes, _run(model, variables, images, boxes)
 
 
@@ -329,3 +332,31 @@ def test_configure_host_leaves_gpu_and_tpu_hosts_alone(monkeypatch):
   for accelerator in ("gpu", "cpu"):
     with pytest.raises(ValueError, match=r"config\.cpu\.host_malloc must be one of"):
       platform.configure_host(_config("auto", host_malloc="jemalloc"), platform=accelerator)
+
+
+# ----------------------------------------------------------------------------- the initialisation's compile
+
+def test_init_compiles_fast_on_cpu_only_and_gives_the_same_variables_to_an_ulp():
+  for accelerator in ("gpu", "tpu"):
+    assert platform.init_compiler_options(_config("auto"), platform=accelerator) == {}
+  assert platform.init_compiler_options(_config("auto", init_compile="optimized"), platform="cpu") == {}
+  fast = platform.init_compiler_options(_config("auto"), platform="cpu")
+  assert fast == {"xla_backend_optimization_level": 0}
+  with pytest.raises(ValueError, match=r"config\.cpu\.init_compile must be one of \('fast', 'optimized'\)"):
+    platform.init_compiler_options(_config("auto", init_compile="quick"), platform="cpu")
+
+  # The initialisers the network uses (He-normal convolutions, Dense, BatchNorm), compiled both ways:
+  # XLA accepts the options, and the values agree to float32 rounding (the same random bits).
+  class Net(flax_nn.Module):
+    @flax_nn.compact
+    def __call__(self, x):
+      x = flax_nn.Conv(8, (3, 3), kernel_init=flax_nn.initializers.he_normal())(x)
+      x = flax_nn.BatchNorm(use_running_average=True)(x)
+      return flax_nn.Dense(4, kernel_init=flax_nn.initializers.truncated_normal(0.01))(x)
+
+  init = jax.jit(lambda key: Net().init(key, jnp.zeros((1, 8, 8, 3))))
+  key = jax.random.key(0)
+  optimized = init.lower(key).compile()(key)
+  unoptimized = init.lower(key).compile(compiler_options=fast)(key)
+  for a, b in zip(jax.tree_util.tree_leaves(optimized), jax.tree_util.tree_leaves(unoptimized)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from cascaded_lift import platform
 from cascaded_lift.errors import ConfigError
 from cascaded_lift.models.build import input_shapes
 from cascaded_lift.models.cascade import CascadedLiftNet
@@ -17,7 +18,8 @@ from cascaded_lift.weights import convert, imagenet
 
 def init_variables(model: CascadedLiftNet, config: Any, rng: jax.Array,
                    sharding: jax.sharding.Sharding | None = None) -> dict[str, Any]:
-  """{'params', 'batch_stats'} created directly with `sharding` (replicated) by a jitted init."""
+  """{'params', 'batch_stats'} created directly with `sharding` (replicated) by a jitted init, compiled
+  with platform.init_compiler_options(config) (on CPU: without LLVM's optimisations, by default)."""
   images, boxes = input_shapes(config)
 
   def init(key):
@@ -25,7 +27,9 @@ def init_variables(model: CascadedLiftNet, config: Any, rng: jax.Array,
                            train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
-  return jax.jit(init, out_shardings=sharding)(rng)
+  jitted = jax.jit(init, out_shardings=sharding)
+  options = platform.init_compiler_options(config)
+  return jitted.lower(rng).compile(compiler_options=options)(rng) if options else jitted(rng)
 
 
 def backbone_weights_path(config: Any) -> pathlib.Path | None:

@@ -77,11 +77,13 @@ def check_released_config(config: Any) -> None:
     got = getattr(model, field)
     if tuple(np.atleast_1d(got)) != tuple(np.atleast_1d(want)):
       raise ConfigError(f"config.model.{field} is {got!r} but the released network has {want!r}: {COMMAND} "
-                        "needs a config of the released architecture (configs/h36m.py or configs/muco_mupots.py)")
+                        "needs a config of the released architecture (configs/h36m.py or configs/muco_mupots.py), or "
+                        "--any_architecture for a CoordinateNet of another size")
   for field, want in RELEASED_DATA.items():
     got = config.data[field]
     if float(got) != float(want):
-      raise ConfigError(f"config.data.{field} is {got!r} but the released network was trained with {want!r}")
+      raise ConfigError(f"config.data.{field} is {got!r} but the released network was trained with {want!r} "
+                        "(--any_architecture for a CoordinateNet of another size)")
 
 
 def load_released_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -236,21 +238,26 @@ def write_workdir(workdir: str | os.PathLike, variables: Mapping[str, Any], conf
 
 
 def import_to_workdir(path: str | os.PathLike, config: Any, workdir: str | os.PathLike, *,
-                      overwrite: bool = False) -> dict[str, Any]:
+                      overwrite: bool = False, any_architecture: bool = False) -> dict[str, Any]:
   """What `cascaded-lift-import-released` does: checks, reads, writes; returns the provenance record.
 
   Order: the config's architecture and the target folder first (instant), then the file's names and
   shapes (seconds), then the initialisation of the missing parts and the write (a compilation: tens of
   seconds on a CPU). Every refusal is a UserError kind, one line naming the file, key or field.
+  any_architecture=True skips check_released_config: for a CoordinateNet of another size trained with the
+  authors' code (and the tests' small networks); the file's names and shapes are still checked against the
+  config's network, and the provenance records the choice.
   """
-  check_released_config(config)
+  if not any_architecture:
+    check_released_config(config)
   target = check_target(workdir, overwrite)
   source = pathlib.Path(path).expanduser().absolute()
   variables, report = read_released(source, config)
   provenance = {
       "source": "released", "command": COMMAND, "file": str(source), "bytes": source.stat().st_size,
       "sha256": sha256_of(source), "created": datetime.datetime.now().isoformat(timespec="seconds"),
-      "skeleton": config.skeleton, "seed": int(config.seed), "posenet_prefix": report["posenet_prefix"],
+      "skeleton": config.skeleton, "seed": int(config.seed), "released_architecture": not any_architecture,
+      "posenet_prefix": report["posenet_prefix"],
       "loaded": report["loaded"], "kept": report["kept"], "skipped": report["skipped"]}
   write_workdir(target, variables, config, provenance, overwrite=overwrite)
   logging.info("%s: %s -> %s (kept as initialised: %s)", COMMAND, source, target, report["kept"] or "nothing")

@@ -14,7 +14,8 @@ describe the released network (training/released.py) and is saved as the workdir
 Prints what was loaded, what kept its initial values (the ordinal-depth head, absent from the release)
 and what was skipped, then the eval.py command. Exit status 0; 2 with one line on stderr for a missing
 or unreadable file, a missing, unexpected or mis-shaped key (named), a config of another architecture
-(the field named), or a workdir that already holds a checkpoint (without --overwrite).
+(the field named; --any_architecture accepts a CoordinateNet of another size, whose keys and shapes are
+still checked), or a workdir that already holds a checkpoint (without --overwrite).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the release
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The workdir to create (renamed into place when complete).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a workdir that already holds checkpoints.")
+_ANY_ARCHITECTURE = flags.DEFINE_bool(
+    "any_architecture", False, "Accept a config whose network differs from the released one (another backbone "
+    "depth, width, crop size or depth bins): for a CoordinateNet trained with the authors' code at another size. "
+    "Key names and shapes are still checked against the config's network.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,7 +58,7 @@ def _main(argv: Sequence[str]) -> None:
     errors.fail(PROGRAM, "give exactly one checkpoint file (the released .pth), e.g. "
                 f"`{PROGRAM} snapshot_20.pth.tar --config configs/h36m.py:protocol=2 --workdir DIR`")
   record = errors.run_reporting_user_errors(PROGRAM, lambda: released.import_to_workdir(
-      argv[1], _CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value))
+      argv[1], _CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value, any_architecture=_ANY_ARCHITECTURE.value))
   print(f"{PROGRAM}: {record['file']} (sha256 {record['sha256'][:16]}...) -> {record['workdir']}")
   print(f"loaded: {', '.join(record['loaded'])}")
   print(f"kept as initialised (absent from the file): {', '.join(record['kept']) or 'nothing'}")

@@ -1,27 +1,28 @@
 """The authors' released checkpoint in one command (training/released.py, released_cli.py), end to end.
 
-A random-weight CoordinateNet at the released architecture (ResNet-50, 18 joints, 16 bones, 64 depth
-bins, 256 px; tests/torch_spec_model.py, without our ordinal head, with the two layers the release never
-calls) is saved as the authors' test.py loads it ({'epoch', 'network'} with DataParallel's 'module.'),
-imported by `cascaded-lift-import-released`, evaluated by eval.py on the real Human3.6M fixture frames
-and predicted by cascaded-lift-predict; both are compared with the PyTorch model fed the authors' crop of
-the same frames (reference_3dmppe.py) normalised as their transforms do, with their flip test.
+A random-weight CoordinateNet (tests/torch_spec_model.py, without our ordinal head, with the two layers the
+release never calls) is saved as the authors' test.py loads it ({'epoch', 'network'} with DataParallel's
+'module.'), imported by `cascaded-lift-import-released`, evaluated by eval.py on the real Human3.6M fixture
+frames and predicted by cascaded-lift-predict; both are compared with the PyTorch model fed the authors'
+crop of the same frames (reference_3dmppe.py) normalised as their transforms do, with their flip test.
 
-The network is the full released size (60 M parameters), so the test is slow (about 90 s on 2 cores):
-a reduced width would not exercise the 2048-channel C5, the 64-bin volumes or the 1024-wide lifter the
-real file has. Its random weights are scaled into a working regime (spec_net says how and why).
+Two sizes of the same test (ARCHITECTURES): "small" (a ResNet-18 of width 8, 64 px crops, 8 depth bins,
+imported with --any_architecture; seconds) runs always; "full" (the released size, 60 M parameters: the
+2048-channel C5, 64-bin volumes and 1024-wide lifter of the real file; about 90 s on 2 cores) runs with
+`pytest --full-size`. Their random weights are scaled into a working regime (spec_net says how and why).
 
-Tolerance: 0.05 mm on root-relative joints of poses spanning about 900 mm. Measured: 0.014 mm, while
-moving the crop window by 1 px moves the poses by 1.5 mm (checked, so the comparison has teeth). What
-differs is float32 summation order (XLA vs PyTorch, ~1e-6 relative through the network), the crop (ours
-builds the warp matrix in float64, the reference in float32, so a few bilinear samples are 1 grey level
-apart; tests/data/test_eval_boxes.py) and predictions.json's rounding to 0.01 mm.
+Tolerance: 0.05 mm on root-relative joints of poses spanning about 900-1100 mm. Measured: 0.024 mm small,
+0.014 mm full, while moving the crop window by 1 px moves the poses by 34 mm small, 1.5 mm full (checked,
+so the comparison has teeth). What differs is float32 summation order (XLA vs PyTorch, ~1e-6 relative through the network),
+the crop (ours builds the warp matrix in float64, the reference in float32, so a few bilinear samples are
+1 grey level apart; tests/data/test_eval_boxes.py) and predictions.json's rounding to 0.01 mm.
 
 The rest: the command's refusals, the workdir's staging and overwrite rules, training's refusal to run in
 an imported workdir, and config.init.checkpoint (a workdir or a released-naming file; one stage-1 step of
 configs/tiny.py from a .pth, then a resume that ignores it).
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -56,10 +57,34 @@ needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 H36M_P2 = f"{REPO / 'configs' / 'h36m.py'}:protocol=2"
-SIZE = 256
-# The released network's spec: the library's RELEASED_MODEL (the spec model has no dilated backbone).
-FULL = dict({k: v for k, v in released.RELEASED_MODEL.items() if k != "resnet_output_stride"},
-            num_joints=18, num_bones=16, depth_bins=64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """A CoordinateNet size: the spec model's arguments, the crop size and the command-line overrides that
+  give configs/h36m.py that network (the import command also gets --any_architecture when they are not
+  empty)."""
+  spec: dict
+  size: int
+  overrides: tuple[str, ...]
+
+
+def _small() -> Architecture:
+  # configs/tiny.py's network; the fields it leaves at their defaults are the released ones.
+  model = {k: v for k, v in tiny.get_config().model.items() if k != "lifter_dropout"}
+  released_rest = {k: v for k, v in released.RELEASED_MODEL.items() if k not in model and k != "resnet_output_stride"}
+  data = dict(image_size=64, output_size=16, depth_bins=8)
+  overrides = tuple(f"--config.model.{k}={v}" for k, v in model.items()) + tuple(
+      f"--config.data.{k}={v}" for k, v in data.items())
+  return Architecture(dict(released_rest, **model, num_joints=18, num_bones=16, depth_bins=8), 64, overrides)
+
+
+ARCHITECTURES = {
+    "small": _small(),
+    # The released network's spec: the library's RELEASED_MODEL (the spec model has no dilated backbone).
+    "full": Architecture(dict({k: v for k, v in released.RELEASED_MODEL.items() if k != "resnet_output_stride"},
+                              num_joints=18, num_bones=16, depth_bins=64), 256, ()),
+}
 FLIP_PAIRS = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))  # the authors' Human36M.flip_pairs
 ATOL_MM = 0.05
 
@@ -73,9 +98,10 @@ def _run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
                         timeout=timeout, check=False)
 
 
-def _import_cmd(path, workdir, *extra: str) -> list[str]:
+def _import_cmd(path, workdir, *extra: str, arch: Architecture = ARCHITECTURES["full"]) -> list[str]:
+  size = ("--any_architecture", *arch.overrides) if arch.overrides else ()
   return ["-m", "cascaded_lift.training.released_cli", str(path), "--config", H36M_P2, "--workdir", str(workdir),
-          *extra]
+          *size, *extra]
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -91,20 +117,25 @@ def frames():
   return _fixture_frames()
 
 
+@pytest.fixture(scope="module", params=["small", pytest.param("full", marks=pytest.mark.full_size)])
+def arch(request) -> Architecture:
+  return ARCHITECTURES[request.param]
+
+
 @pytest.fixture(scope="module")
-def spec_net(frames):
+def spec_net(frames, arch):
   """The released architecture with random weights, scaled to a regime a trained network works in.
 
-  randomize_ alone gives the full-depth network volume logits of +-5e4, where the soft-argmax is a hard
+  randomize_ alone gives the full-size network volume logits of +-5e4, where the soft-argmax is a hard
   argmax (integer coordinates, blind to everything but the winning voxel), and poses of +-1e4 mm. So the
   volumetric head's last conv is scaled to logits of standard deviation 4 on the fixture crops
   (coordinates spread over the volume, the softmax smooth) and the lifter's last layer to root-relative
   poses within 1000 mm: each is linear in its weight and bias, so scaling both scales its output.
   """
-  net = SpecNet(**FULL)
+  net = SpecNet(**arch.spec)
   randomize_(net, seed=0)
   net.eval()
-  x, boxes = _authors_input(frames)
+  x, boxes = _authors_input(frames, arch.size)
   with torch.no_grad():
     scale = 4.0 / net(x, boxes, normalized=True)["joint_volumes"].std()
     net.posenet.final.final_conv.weight.mul_(scale)
@@ -144,8 +175,8 @@ def _fixture_frames():
   return out
 
 
-def _authors_input(frames, shift_px: float = 0.0) -> tuple[Any, Any]:
-  """(crops (B, 3, 256, 256) normalised, boxes (B, 4) px) as the authors' Human36M test loader makes them.
+def _authors_input(frames, size: int, shift_px: float = 0.0) -> tuple[Any, Any]:
+  """(crops (B, 3, size, size) normalised, boxes (B, 4) px) as the authors' Human36M test loader makes them.
 
   shift_px moves every box right by that many image pixels (to show what a slightly wrong crop costs).
   """
@@ -153,7 +184,7 @@ def _authors_input(frames, shift_px: float = 0.0) -> tuple[Any, Any]:
   for _, image, bbox in frames:
     box = ref.process_bbox(bbox, image.shape[1], image.shape[0])  # what their bbox_root file / process_bbox holds
     box[0] += shift_px
-    patch = ref.crop(image, box, SIZE)[:, :, ::-1].astype(np.float32)  # generate_patch_image: BGR -> RGB float
+    patch = ref.crop(image, box, size)[:, :, ::-1].astype(np.float32)  # generate_patch_image: BGR -> RGB float
     # transforms.ToTensor() (a float array: no scaling) then Normalize(pixel_mean, pixel_std) on 0..255
     tensor = torch.from_numpy(patch.transpose(2, 0, 1).copy())
     crops.append((tensor - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1))
@@ -161,9 +192,9 @@ def _authors_input(frames, shift_px: float = 0.0) -> tuple[Any, Any]:
   return torch.stack(crops), torch.tensor(np.array(boxes), dtype=torch.float32)
 
 
-def _authors_poses(net, frames, shift_px: float = 0.0) -> dict[int, np.ndarray]:
+def _authors_poses(net, frames, size: int, shift_px: float = 0.0) -> dict[int, np.ndarray]:
   """{image_id: (18, 3) root-relative mm}: the spec model as the authors' test.py runs theirs."""
-  x, b = _authors_input(frames, shift_px)
+  x, b = _authors_input(frames, size, shift_px)
   with torch.no_grad():
     pose = net(x, b, normalized=True)["pose_3d"]
     flipped = net(torch.flip(x, dims=[3]), b, normalized=True)["pose_3d"]  # their flip test, same boxes
@@ -182,9 +213,9 @@ def _assert_poses_close(got: np.ndarray, want: np.ndarray, what: str) -> float:
 @needs_torch
 @pytest.mark.slow
 def test_released_pth_imports_to_a_workdir_that_eval_and_predict_run_as_pytorch_does(
-    released_file, spec_net, frames, h36m_data, tmp_path):
+    released_file, spec_net, arch, frames, h36m_data, tmp_path):
   workdir = tmp_path / "released_p2"
-  proc = _run(*_import_cmd(released_file, workdir))
+  proc = _run(*_import_cmd(released_file, workdir, arch=arch))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "kept as initialised (absent from the file): ordinal_head" in proc.stdout, proc.stdout
   assert "skipped (unused by the released forward pass): 5 keys of posenet.limb.bn1, posenet.limb.final_layer1" \
@@ -195,21 +226,22 @@ def test_released_pth_imports_to_a_workdir_that_eval_and_predict_run_as_pytorch_
   provenance = json.loads((workdir / released.PROVENANCE_FILE).read_text())
   assert provenance["kept"] == ["ordinal_head"] and provenance["posenet_prefix"] == "posenet."
   assert provenance["file"] == str(released_file) and len(provenance["sha256"]) == 64
+  assert provenance["released_architecture"] == (not arch.overrides)
 
   # eval.py exactly as a user runs it, on the fixture frames built with a bbox_root file.
   data = [f"--config.data.{s}.{k}={v}" for s in ("eval", "train_3d")
           for k, v in (("config", h36m_fixture.CONFIG_NAME), ("data_dir", h36m_data))]
   proc = _run(str(REPO / "eval.py"), "--config", H36M_P2, "--workdir", str(workdir), *data,
               "--config.data.worker_count=0", "--config.data.read_threads=0", "--config.eval.batch_size=4",
-              "--config.eval.num_plot_examples=1")
+              "--config.eval.num_plot_examples=1", *arch.overrides)
   assert proc.returncode == 0, proc.stderr[-3000:]
   metrics = json.loads((workdir / "eval" / "metrics.json").read_text())
   assert metrics["boxes"]["used"] == "detected" and metrics["num_samples"] == 4
-  want = _authors_poses(spec_net, frames)
+  want = _authors_poses(spec_net, frames, arch.size)
   spread = np.ptp(np.stack(list(want.values())), axis=1).max()
   assert spread > 100.0, spread  # the random network's poses are not degenerate
   # The comparison has teeth: a crop window moved by 1 px (of a ~1000 px box) already misses by far more.
-  shifted = _authors_poses(spec_net, frames, shift_px=1.0)
+  shifted = _authors_poses(spec_net, frames, arch.size, shift_px=1.0)
   miss = max(np.abs(shifted[i] - want[i]).max() for i in want)
   assert miss > 10 * ATOL_MM, miss
   gaps = {}
@@ -229,7 +261,8 @@ def test_released_pth_imports_to_a_workdir_that_eval_and_predict_run_as_pytorch_
   file_name = next(im["file_name"] for im in data_json["images"] if im["id"] == image_id)
   out = tmp_path / "predict"
   proc = _run("-m", "cascaded_lift.inference.cli", str(fixture / "images" / file_name), "--box",
-              ",".join(map(str, bbox)), "--config", H36M_P2, "--workdir", str(workdir), "--out", str(out))
+              ",".join(map(str, bbox)), "--config", H36M_P2, *arch.overrides, "--workdir", str(workdir),
+              "--out", str(out))
   assert proc.returncode == 0, proc.stderr[-3000:]
   person, = json.loads((out / f"{pathlib.Path(file_name).stem}.json").read_text())["people"]
   gaps[("predict", image_id)] = _assert_poses_close(np.array(person["pose_3d_mm"]), want[image_id], "predict")
@@ -264,7 +297,8 @@ def test_the_command_is_installed_as_a_console_script():
 def test_only_a_config_of_the_released_architecture_is_accepted():
   released.check_released_config(h36m.get_config("protocol=2"))
   released.check_released_config(muco_mupots.get_config())  # a MuCo-trained release: 21 joints, same network
-  with pytest.raises(ConfigError, match=r"config.model.resnet_depth is 18 but the released network has 50"):
+  with pytest.raises(ConfigError, match=r"config.model.resnet_depth is 18 but the released network has 50: .* or "
+                     r"--any_architecture for a CoordinateNet of another size"):
     released.check_released_config(tiny.get_config())
   config = h36m.get_config("protocol=2")
   config.model.resnet_output_stride = 16  # loads without a shape error, computes something else

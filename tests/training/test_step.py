@@ -43,24 +43,32 @@ def setup(supervision="full", normalization="mean", platform_ops="standard"):
 
 
 def reference_trunk_norms(config, skeleton, model, state, batch):
-  """Per term: jax.grad of weight * L_term alone over all parameters, norm over the trunk's paths."""
+  """Per term: jax.grad of weight * L_term alone over all parameters, norm over the trunk's paths.
+
+  One compiled gradient for all terms: the term is picked by a one-hot vector of its weight.
+  """
   weights = ls.supervised_weights(dict(config.loss_weights), config.supervision)
   target_cfg = {**dict(config.targets), "depth_bins": config.data.depth_bins,
                 "heatmap_size": config.data.output_size}
+  every_term = {k: 1.0 for k in ls.STAGE1_TERMS}
+
+  @jax.jit
+  @jax.grad
+  def term_grad(params, pick):
+    outputs, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], batch["bbox"],
+                             train=True, lifter_train=False, mutable=["batch_stats"])
+    targets = tg.make_stage1_targets(batch, skeleton, target_cfg, progress=jnp.float32(0.0))
+    terms = ls.stage1_loss(outputs, targets, batch, every_term, config.loss_normalization)[1]
+    return sum(pick[i] * terms[k] for i, k in enumerate(ls.STAGE1_TERMS))
+
   norms = {}
-  for term in ls.STAGE1_TERMS:
+  for i, term in enumerate(ls.STAGE1_TERMS):
+    pick = np.zeros(len(ls.STAGE1_TERMS), np.float32)
+    pick[i] = weights[term]
     if not weights[term]:
       norms[term] = 0.0
       continue
-    only = {k: (weights[k] if k == term else 0) for k in ls.STAGE1_TERMS}
-
-    def loss(params):
-      outputs, _ = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"], batch["bbox"],
-                               train=True, lifter_train=False, mutable=["batch_stats"])
-      targets = tg.make_stage1_targets(batch, skeleton, target_cfg, progress=jnp.float32(0.0))
-      return ls.stage1_loss(outputs, targets, batch, only, config.loss_normalization)[0]
-
-    grads = traverse_util.flatten_dict(jax.grad(loss)(state.params), sep="/")
+    grads = traverse_util.flatten_dict(term_grad(state.params, pick), sep="/")
     norms[term] = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64)))
                                     for k, g in grads.items() if re.search(TRUNK_PATTERN, k))))
   return norms
