@@ -51,7 +51,7 @@ setup(
         # (cascaded_lift.platform picks the standard layers there); CPU training wants it (README).
         "cpu": ["onednn-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'",
                 "onednn-devel-cpu-gomp; platform_system == 'Linux' and platform_machine == 'x86_64'"],
-        "test": ["pytest", "pytest-xdist", "import-linter"],
+        "test": ["pytest", "pytest-xdist>=3.2", "import-linter"],
         "torch": ["torch"],
     },
     entry_points={

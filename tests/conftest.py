@@ -21,8 +21,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-  # The slow end-to-end runs first (a stable sort keeps each module's order): with `-n 2` the workers
-  # then share them from the start, instead of one of them finishing the last long run alone.
+  # The slow end-to-end runs first (a stable sort keeps each module's order): with `-n 2` and pytest.ini's
+  # --dist worksteal they start early, and the worker that runs out of them takes the quick tests over,
+  # instead of one worker finishing a long run alone at the end.
   items.sort(key=lambda item: item.get_closest_marker("slow") is None)
   # The README's test command stays quick on 2 cores: full-size networks run only when asked for.
   if config.getoption("--full-size"):
