@@ -26,6 +26,7 @@ from cascaded_lift.cpu import hostmem
 from cascaded_lift.cpu import layers as cpu_layers
 from cascaded_lift.cpu.kernels import onednn
 from cascaded_lift.models import STANDARD_OPS
+from cascaded_lift.training.builders import init_variables
 
 XLA_CPU_FORMS = dict(conv="xla", kernel_grad="taps", deconv="four_phase")  # every CPU form but oneDNN's
 
@@ -240,8 +241,7 @@ def standard_run():
   b = NUMERICS_BATCH
   boxes = jnp.asarray(np.stack([rng.uniform(0, 100, b), rng.uniform(0, 100, b), rng.uniform(150, 300, b),
                                 rng.uniform(150, 300, b)], -1), jnp.float32)
-  init = jax.jit(lambda k: model.init(k, images, boxes, train=False)).lower(jax.random.key(0))
-  variables = init.compile(compiler_options=platform.init_compiler_options(config, "cpu"))(jax.random.key(0))
+  variables = init_variables(model, config, jax.random.key(0))
   return variables, images, boxes, _run(model, variables, images, boxes)
 
 

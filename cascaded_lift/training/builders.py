@@ -27,9 +27,9 @@ def init_variables(model: CascadedLiftNet, config: Any, rng: jax.Array,
                            train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
-  jitted = jax.jit(init, out_shardings=sharding)
-  options = platform.init_compiler_options(config)
-  return jitted.lower(rng).compile(compiler_options=options)(rng) if options else jitted(rng)
+  compiled = jax.jit(init, out_shardings=sharding).lower(rng).compile(
+      compiler_options=platform.init_compiler_options(config))
+  return compiled(rng)
 
 
 def backbone_weights_path(config: Any) -> pathlib.Path | None:

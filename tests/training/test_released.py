@@ -13,9 +13,10 @@ imported with --any_architecture; seconds) runs always; "full" (the released siz
 
 Tolerance: 0.05 mm on root-relative joints of poses spanning about 900-1100 mm. Measured: 0.024 mm small,
 0.014 mm full, while moving the crop window by 1 px moves the poses by 34 mm small, 1.5 mm full (checked,
-so the comparison has teeth). What differs is float32 summation order (XLA vs PyTorch, ~1e-6 relative through the network),
-the crop (ours builds the warp matrix in float64, the reference in float32, so a few bilinear samples are
-1 grey level apart; tests/data/test_eval_boxes.py) and predictions.json's rounding to 0.01 mm.
+so the comparison has teeth). What differs is float32 summation order (XLA vs PyTorch, ~1e-6 relative
+through the network), the crop (ours builds the warp matrix in float64, the reference in float32, so a
+few bilinear samples are 1 grey level apart; tests/data/test_eval_boxes.py) and predictions.json's
+rounding to 0.01 mm.
 
 The rest: the command's refusals. The workdir it writes and config.init.checkpoint: test_init_checkpoint.py.
 """
@@ -62,21 +63,25 @@ class Architecture:
   overrides: tuple[str, ...]
 
 
+# The released network's spec: the library's RELEASED_MODEL (the spec model has no dilated backbone).
+RELEASED_SPEC = {k: v for k, v in released.RELEASED_MODEL.items() if k != "resnet_output_stride"}
+
+
 def _small() -> Architecture:
   # configs/tiny.py's network; the fields it leaves at their defaults are the released ones.
   model = {k: v for k, v in tiny.get_config().model.items() if k != "lifter_dropout"}
-  released_rest = {k: v for k, v in released.RELEASED_MODEL.items() if k not in model and k != "resnet_output_stride"}
   data = dict(image_size=64, output_size=16, depth_bins=8)
   overrides = tuple(f"--config.model.{k}={v}" for k, v in model.items()) + tuple(
       f"--config.data.{k}={v}" for k, v in data.items())
-  return Architecture(dict(released_rest, **model, num_joints=18, num_bones=16, depth_bins=8), 64, overrides)
+  spec = dict(RELEASED_SPEC, **model, num_joints=18, num_bones=16, depth_bins=data["depth_bins"])
+  return Architecture(spec, data["image_size"], overrides)
 
 
 ARCHITECTURES = {
     "small": _small(),
-    # The released network's spec: the library's RELEASED_MODEL (the spec model has no dilated backbone).
-    "full": Architecture(dict({k: v for k, v in released.RELEASED_MODEL.items() if k != "resnet_output_stride"},
-                              num_joints=18, num_bones=16, depth_bins=64), 256, ()),
+    "full": Architecture(dict(RELEASED_SPEC, num_joints=18, num_bones=16,
+                              depth_bins=int(released.RELEASED_DATA["depth_bins"])),
+                         int(released.RELEASED_DATA["image_size"]), ()),
 }
 FLIP_PAIRS = ((1, 4), (2, 5), (3, 6), (14, 11), (15, 12), (16, 13))  # the authors' Human36M.flip_pairs
 ATOL_MM = 0.05

@@ -63,11 +63,11 @@ def reference_trunk_norms(config, skeleton, model, state, batch):
 
   norms = {}
   for i, term in enumerate(ls.STAGE1_TERMS):
-    pick = np.zeros(len(ls.STAGE1_TERMS), np.float32)
-    pick[i] = weights[term]
     if not weights[term]:
       norms[term] = 0.0
       continue
+    pick = np.zeros(len(ls.STAGE1_TERMS), np.float32)
+    pick[i] = weights[term]
     grads = traverse_util.flatten_dict(term_grad(state.params, pick), sep="/")
     norms[term] = float(np.sqrt(sum(np.sum(np.square(np.asarray(g, np.float64)))
                                     for k, g in grads.items() if re.search(TRUNK_PATTERN, k))))
